@@ -1,0 +1,261 @@
+"""The backbone registry: a Keras CNN that turns RGB batches into feature vectors.
+
+This is the only module that imports Keras, and it does so lazily, so the
+store, the stream and the heads load without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.errors import BackboneError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One ``keras.applications`` family: how to build it and feed it."""
+
+    constructor: str      # attribute of keras.applications
+    preprocess_module: str  # keras.applications.<module>.preprocess_input
+    preprocessing: str    # what that function does, for the store's metadata
+    input_size: int       # default square input side
+    feature_dim: int      # pooled feature dimension at the default alpha
+    has_alpha: bool = False
+    fixed_size: bool = False  # imagenet weights only exist at input_size
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    "resnet50": BackboneSpec("ResNet50", "resnet", "caffe: RGB->BGR, minus ImageNet mean", 224, 2048),
+    "resnet101": BackboneSpec("ResNet101", "resnet", "caffe: RGB->BGR, minus ImageNet mean", 224, 2048),
+    "resnet50v2": BackboneSpec("ResNet50V2", "resnet_v2", "tf: scale to [-1, 1]", 224, 2048),
+    "vgg16": BackboneSpec("VGG16", "vgg16", "caffe: RGB->BGR, minus ImageNet mean", 224, 512),
+    "inceptionv3": BackboneSpec("InceptionV3", "inception_v3", "tf: scale to [-1, 1]", 299, 2048),
+    "xception": BackboneSpec("Xception", "xception", "tf: scale to [-1, 1]", 299, 2048),
+    "mobilenet": BackboneSpec("MobileNet", "mobilenet", "tf: scale to [-1, 1]", 224, 1024, has_alpha=True),
+    "mobilenetv2": BackboneSpec("MobileNetV2", "mobilenet_v2", "tf: scale to [-1, 1]", 224, 1280, has_alpha=True),
+    "mobilenetv3small": BackboneSpec("MobileNetV3Small", "mobilenet_v3", "none: rescaling is inside the model", 224, 576, has_alpha=True),
+    "mobilenetv3large": BackboneSpec("MobileNetV3Large", "mobilenet_v3", "none: rescaling is inside the model", 224, 960, has_alpha=True),
+    "efficientnetb0": BackboneSpec("EfficientNetB0", "efficientnet", "none: rescaling is inside the model", 224, 1280),
+    "efficientnetv2b0": BackboneSpec("EfficientNetV2B0", "efficientnet_v2", "none: rescaling is inside the model", 224, 1280),
+    "densenet121": BackboneSpec("DenseNet121", "densenet", "torch: scale to [0, 1], ImageNet mean/std", 224, 1024),
+    "convnexttiny": BackboneSpec("ConvNeXtTiny", "convnext", "none: normalisation is inside the model", 224, 768),
+}
+POOLINGS = ("avg", "max", "none")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_identity(weights: str) -> str:
+    """``imagenet``, ``none``, or ``<file name>:sha256:<hex>`` for a local file."""
+    if weights in ("imagenet", "none"):
+        return weights
+    path = Path(weights)
+    if not path.is_file():
+        raise BackboneError(f"weights file {weights} does not exist (expected 'imagenet', 'none' or a path)")
+    return f"{path.name}:sha256:{file_sha256(path)}"
+
+
+class Backbone:
+    """A built feature extractor: ``embed(uint8 batch) -> float32 features``.
+
+    Attributes: ``name``, ``input_size`` (height, width), ``feature_dim`` and
+    ``info`` (the metadata a store or a model records about it).
+    """
+
+    def __init__(self, model: Any, preprocess: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]):
+        self.model = model
+        self._preprocess = preprocess
+        self.info = info
+        self.name: str = info["backbone"]
+        self.input_size: tuple[int, int] = tuple(info["input_size"])  # type: ignore[assignment]
+        self.feature_dim: int = int(info["feature_dim"])
+        self.batch_size: int | None = None
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        return self._preprocess(images.astype(np.float32, copy=True))
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Features of a ``(n, h, w, 3)`` uint8 batch, as float32 ``(n, feature_dim)``.
+
+        Short batches are padded to the first batch's size so that the
+        compiled predict function is traced once and every image is computed
+        in a batch of the same shape (bitwise-stable features on resume).
+        """
+        n = len(images)
+        if self.batch_size is None:
+            self.batch_size = n
+        x = self.preprocess(images)
+        if n < self.batch_size:
+            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
+        out = self.model.predict_on_batch(x)
+        out = np.asarray(out, dtype=np.float32).reshape(len(x), -1)
+        return out[:n]
+
+
+def _keras() -> Any:
+    try:
+        import keras
+    except ImportError as exc:  # pragma: no cover - install problem
+        raise BackboneError(f"Keras is not installed: {exc}") from None
+    return keras
+
+
+def _device() -> str:
+    keras = _keras()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return f"GPU x{len(gpus)}" if gpus else "CPU"
+    return keras.backend.backend()
+
+
+def _pool(keras: Any, model: Any, pooling: str) -> Any:
+    out = model.output
+    if len(out.shape) == 4:
+        if pooling == "avg":
+            out = keras.layers.GlobalAveragePooling2D()(out)
+        elif pooling == "max":
+            out = keras.layers.GlobalMaxPooling2D()(out)
+    if len(out.shape) > 2:
+        out = keras.layers.Flatten()(out)
+    return keras.Model(model.input, out)
+
+
+def build_backbone(
+    name: str = "resnet50",
+    weights: str = "imagenet",
+    alpha: float | None = None,
+    image_size: int | None = None,
+    pooling: str = "avg",
+    mixed_precision: bool = False,
+) -> Backbone:
+    """Build a registry backbone, e.g. ``build_backbone("mobilenet", path, alpha=0.25, image_size=128)``."""
+    if name not in REGISTRY:
+        raise BackboneError(f"unknown backbone {name!r}; expected one of {', '.join(REGISTRY)}")
+    if pooling not in POOLINGS:
+        raise BackboneError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+    spec = REGISTRY[name]
+    if alpha is not None and not spec.has_alpha:
+        raise BackboneError(f"backbone {name} has no width multiplier; drop --alpha")
+    identity = weights_identity(weights)
+    size = image_size or spec.input_size
+    keras = _keras()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    kwargs: dict[str, Any] = {
+        "include_top": False,
+        "weights": None if weights == "none" else weights,
+        "input_shape": (size, size, 3),
+        "pooling": None if pooling == "none" else pooling,
+    }
+    if alpha is not None:
+        kwargs["alpha"] = alpha
+    try:
+        model = getattr(keras.applications, spec.constructor)(**kwargs)
+    except (ValueError, OSError) as exc:
+        raise BackboneError(f"cannot build {name} with weights={weights!r}, alpha={alpha}, image size {size}: {exc}") from None
+    if pooling == "none":
+        model = _pool(keras, model, "none")
+        warnings.warn(
+            f"--pooling none keeps the flattened feature map: {int(np.prod(model.output.shape[1:]))} "
+            "values per image, far larger than pooled features", stacklevel=2)
+    preprocess = getattr(keras.applications, spec.preprocess_module).preprocess_input
+    info = {
+        "backbone": name,
+        "weights": identity,
+        "alpha": alpha if alpha is not None else "",
+        "input_size": [size, size],
+        "preprocessing": f"keras.applications.{spec.preprocess_module}.preprocess_input ({spec.preprocessing})",
+        "pooling": pooling,
+        "feature_dim": int(np.prod(model.output.shape[1:])),
+        "mixed_precision": bool(mixed_precision),
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "device": _device(),
+    }
+    return Backbone(model, preprocess, info)
+
+
+def load_user_model(path: str | Path, layer: str | None = None, pooling: str = "avg") -> Backbone:
+    """Use a saved Keras model as the backbone, taking features from ``layer``.
+
+    The default layer is the one before the last (the classifier). The model
+    is loaded with Keras' safe mode on and is fed raw RGB values in [0, 255]:
+    a model that needs other scaling must include it as layers.
+    """
+    keras = _keras()
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"model file {path} does not exist")
+    try:
+        full = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a bad file
+        raise BackboneError(f"cannot load Keras model {path}: {exc}") from None
+    if layer is None:
+        if len(full.layers) < 2:
+            raise BackboneError(f"model {path} has a single layer; pass --layer")
+        target = full.layers[-2]
+    else:
+        try:
+            target = full.get_layer(layer)
+        except ValueError:
+            names = ", ".join(lay.name for lay in full.layers)
+            raise BackboneError(f"model {path} has no layer {layer!r}; its layers are: {names}") from None
+    sub = keras.Model(full.inputs, target.output)
+    model = _pool(keras, sub, pooling)
+    shape = full.input_shape
+    if shape[1] is None or shape[2] is None:
+        raise BackboneError(f"model {path} has no fixed input size ({shape}); save it with one")
+    info = {
+        "backbone": f"user:{path.name}",
+        "weights": f"{path.name}:sha256:{file_sha256(path)}",
+        "alpha": "",
+        "input_size": [int(shape[1]), int(shape[2])],
+        "preprocessing": "none: raw RGB in [0, 255]",
+        "pooling": pooling,
+        "feature_dim": int(np.prod(model.output.shape[1:])),
+        "mixed_precision": False,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "device": _device(),
+        "layer": target.name,
+    }
+    return Backbone(model, lambda x: x, info)
+
+
+def backbone_from_info(info: dict[str, Any], weights: str | None = None, model_path: str | None = None) -> Backbone:
+    """Rebuild the backbone a store or model recorded, checking the weights match."""
+    name = str(info["backbone"])
+    if name.startswith("user:"):
+        if model_path is None:
+            raise BackboneError(f"the features came from the user model {name[5:]}; pass its path with --model")
+        bb = load_user_model(model_path, info.get("layer") or None, str(info["pooling"]))
+    else:
+        recorded = str(info["weights"])
+        if weights is None:
+            if recorded not in ("imagenet", "none"):
+                raise BackboneError(
+                    f"the features came from the weights file {recorded.split(':')[0]}; pass it with --weights")
+            weights = recorded
+        alpha = info.get("alpha")
+        bb = build_backbone(name, weights, float(alpha) if alpha not in (None, "") else None,
+                            int(info["input_size"][0]), str(info["pooling"]))
+    if bb.info["weights"] != info["weights"]:
+        raise BackboneError(f"weights differ from those the features were made with: expected {info['weights']}, got {bb.info['weights']}")
+    return bb

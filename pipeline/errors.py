@@ -1,0 +1,25 @@
+"""Typed errors for user mistakes; the CLI turns each into a clean message."""
+
+
+class PipelineError(Exception):
+    """Base class: a problem the user can fix (bad input, bad option)."""
+
+
+class SourceError(PipelineError):
+    """The image source is missing, empty or in an unknown layout."""
+
+
+class BackboneError(PipelineError):
+    """The backbone cannot be built or its weights cannot be loaded."""
+
+
+class StoreError(PipelineError):
+    """A feature store is not a store, is incomplete, corrupt or mismatched."""
+
+
+class HeadError(PipelineError):
+    """A head was misused (unknown name, predict before fit, bad shapes)."""
+
+
+class ModelFileError(PipelineError):
+    """A saved model cannot be read or does not fit the data given to it."""

@@ -1,0 +1,253 @@
+"""The HDF5 feature store: one file of pooled features, labels and paths.
+
+Layout (readable with plain h5py and numpy):
+
+- ``features``: (N, D) float32 or float16, chunked by rows, ``maxshape=(None, D)``
+- ``labels``: (N,) int32, an index into the ``classes`` attribute, -1 if unlabelled
+- ``paths``: (N,) UTF-8 strings, relative to the ``source_root`` attribute
+- ``skipped/paths``, ``skipped/reasons``: files that could not be decoded
+- attributes: ``format``, ``format_version``, the backbone's identity and
+  settings, ``classes``, versions, ``rows_done`` and ``complete``.
+
+This module never imports Keras or River.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from pipeline.errors import StoreError
+
+FORMAT_NAME = "incremental-pipeline-features"
+FORMAT_VERSION = 1
+REQUIRED_ATTRS = (
+    "format", "format_version", "backbone", "weights", "input_size", "preprocessing",
+    "pooling", "feature_dim", "dtype", "classes", "rows_done", "complete",
+)
+# Settings that must agree for features to be comparable.
+IDENTITY_KEYS = ("backbone", "weights", "alpha", "input_size", "preprocessing", "pooling", "feature_dim")
+STR = h5py.string_dtype("utf-8")
+_CACHE_BYTES = 64 << 20  # compressed appends are ~10x slower with h5py's 1 MiB default
+
+
+def _to_attr(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, str) for v in value):
+            return np.array(value, dtype=STR)
+        return np.asarray(value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if value is None:
+        return ""
+    return value
+
+
+def _from_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [_from_attr(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename over ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class StoreWriter:
+    """Append rows to a new store file; ``close(complete=True)`` marks it finished."""
+
+    def __init__(self, path: str | Path, attrs: dict[str, Any], feature_dim: int,
+                 dtype: str = "float32", compression: str | None = None, chunk_rows: int = 256):
+        if dtype not in ("float32", "float16"):
+            raise StoreError(f"unsupported feature dtype {dtype!r}; expected float32 or float16")
+        if compression not in (None, "lzf", "gzip"):
+            raise StoreError(f"unsupported compression {compression!r}; expected lzf or gzip")
+        self.path = Path(path)
+        self.file = h5py.File(self.path, "w", rdcc_nbytes=_CACHE_BYTES)
+        chunk = max(1, min(chunk_rows, max(1, (1 << 20) // max(1, feature_dim * np.dtype(dtype).itemsize))))
+        self.features = self.file.create_dataset(
+            "features", shape=(0, feature_dim), maxshape=(None, feature_dim), dtype=dtype,
+            chunks=(chunk, feature_dim), compression=compression)
+        self.labels = self.file.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
+        self.paths = self.file.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(4096,))
+        group = self.file.create_group("skipped")
+        self.skipped_paths = group.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
+        self.skipped_reasons = group.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
+        base = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "feature_dim": int(feature_dim),
+                "dtype": dtype, "compression": compression or "none", "rows_done": 0, "complete": False}
+        for key, value in {**attrs, **base}.items():
+            self.file.attrs[key] = _to_attr(value)
+        self.rows = 0
+
+    def append(self, features: np.ndarray, labels: np.ndarray, paths: Sequence[str]) -> None:
+        n = len(features)
+        if n == 0:
+            return
+        if features.ndim != 2 or features.shape[1] != self.features.shape[1]:
+            raise StoreError(f"expected features of shape (n, {self.features.shape[1]}), got {features.shape}")
+        end = self.rows + n
+        for ds in (self.features, self.labels, self.paths):
+            ds.resize(end, axis=0)
+        self.features[self.rows:end] = features
+        self.labels[self.rows:end] = labels
+        self.paths[self.rows:end] = list(paths)
+        self.rows = end
+        self.file.attrs["rows_done"] = end
+
+    def add_skipped(self, paths: Sequence[str], reasons: Sequence[str]) -> None:
+        if not paths:
+            return
+        start = self.skipped_paths.shape[0]
+        for ds, values in ((self.skipped_paths, paths), (self.skipped_reasons, reasons)):
+            ds.resize(start + len(values), axis=0)
+            ds[start:] = list(values)
+
+    def set_attrs(self, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            self.file.attrs[key] = _to_attr(value)
+
+    def close(self, complete: bool = False) -> None:
+        if not self.file.id.valid:
+            return
+        self.file.attrs["skipped_count"] = int(self.skipped_paths.shape[0])
+        self.file.attrs["complete"] = bool(complete)
+        self.file.flush()
+        self.file.close()
+
+
+@dataclass
+class Chunk:
+    """Consecutive rows of a store: features, label indices, paths, first row index."""
+
+    X: np.ndarray
+    y: np.ndarray
+    paths: list[str]
+    start: int
+
+
+class FeatureStore:
+    """A validated, read-only store: metadata plus chunked iteration.
+
+    >>> store = FeatureStore("features.h5")            # doctest: +SKIP
+    >>> for chunk in store.iter_chunks(4096):          # doctest: +SKIP
+    ...     chunk.X.shape, chunk.y.shape
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"feature store {self.path} does not exist")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            size = self.path.stat().st_size
+            raise StoreError(f"{self.path} is not a readable HDF5 feature store ({size} bytes; truncated or not HDF5): {exc}") from None
+        attrs = self._file.attrs
+        if attrs.get("format") is None or _from_attr(attrs.get("format")) != FORMAT_NAME:
+            self._file.close()
+            raise StoreError(f"{self.path} is an HDF5 file but not a feature store (no format={FORMAT_NAME!r} attribute)")
+        missing = [key for key in REQUIRED_ATTRS if key not in attrs]
+        if missing:
+            self._file.close()
+            raise StoreError(f"{self.path} lacks the store attributes {', '.join(missing)}")
+        version = int(attrs["format_version"])
+        if version > FORMAT_VERSION:
+            self._file.close()
+            raise StoreError(f"{self.path} has store format version {version}; this tool reads up to {FORMAT_VERSION}")
+        self.meta: dict[str, Any] = {key: _from_attr(value) for key, value in attrs.items()}
+        for name in ("features", "labels", "paths"):
+            if name not in self._file:
+                self._file.close()
+                raise StoreError(f"{self.path} lacks the dataset {name!r}")
+        self.n_rows = int(self.meta["rows_done"])
+        feats = self._file["features"]
+        if feats.shape[0] < self.n_rows or self._file["labels"].shape[0] < self.n_rows:
+            self._file.close()
+            raise StoreError(f"{self.path} is truncated: rows_done={self.n_rows} but features has {feats.shape[0]} rows")
+        self.feature_dim = int(self.meta["feature_dim"])
+        if feats.shape[1] != self.feature_dim:
+            self._file.close()
+            raise StoreError(f"{self.path}: features have {feats.shape[1]} columns, attribute feature_dim says {self.feature_dim}")
+        self.classes: list[str] = list(self.meta["classes"]) if self.meta["classes"] != "" else []
+        self.complete = bool(self.meta["complete"])
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {key: self.meta.get(key, "") for key in IDENTITY_KEYS}
+
+    def labels(self) -> np.ndarray:
+        return self._file["labels"][: self.n_rows]
+
+    def paths(self, start: int = 0, stop: int | None = None) -> list[str]:
+        stop = self.n_rows if stop is None else min(stop, self.n_rows)
+        return [p.decode("utf-8") if isinstance(p, bytes) else p for p in self._file["paths"][start:stop]]
+
+    def skipped(self) -> list[tuple[str, str]]:
+        if "skipped" not in self._file:
+            return []
+        group = self._file["skipped"]
+        return [(p.decode(), r.decode()) for p, r in zip(group["paths"][:], group["reasons"][:])]
+
+    def read(self, start: int, stop: int) -> Chunk:
+        stop = min(stop, self.n_rows)
+        X = self._file["features"][start:stop]
+        y = self._file["labels"][start:stop]
+        return Chunk(X, y, self.paths(start, stop), start)
+
+    def iter_chunks(self, chunk_rows: int = 4096, start: int = 0, stop: int | None = None) -> Iterator[Chunk]:
+        """Yield consecutive chunks; memory is bounded by ``chunk_rows``, not the store size."""
+        stop = self.n_rows if stop is None else min(stop, self.n_rows)
+        for begin in range(start, stop, chunk_rows):
+            yield self.read(begin, min(begin + chunk_rows, stop))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, rows={self.n_rows}, dim={self.feature_dim}, classes={len(self.classes)})"
+
+
+def open_store(path: str | Path, allow_incomplete: bool = False) -> FeatureStore:
+    """Open and validate a store; an incomplete one is refused unless ``allow_incomplete``."""
+    store = FeatureStore(path)
+    if not store.complete and not allow_incomplete:
+        store.close()
+        raise StoreError(f"{path} is incomplete ({store.n_rows} rows written; its extraction did not finish): "
+                         "rerun extract-features to finish it, or pass --allow-incomplete")
+    return store
