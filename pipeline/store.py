@@ -220,9 +220,13 @@ class FeatureStore:
 
     def read(self, start: int, stop: int) -> Chunk:
         stop = min(stop, self.n_rows)
-        X = self._file["features"][start:stop]
-        y = self._file["labels"][start:stop]
-        return Chunk(X, y, self.paths(start, stop), start)
+        try:
+            X = self._file["features"][start:stop]
+            y = self._file["labels"][start:stop]
+            paths = self.paths(start, stop)
+        except OSError as exc:
+            raise StoreError(f"{self.path} is corrupt or truncated: rows {start}:{stop} cannot be read ({exc})") from None
+        return Chunk(X, y, paths, start)
 
     def iter_chunks(self, chunk_rows: int = 4096, start: int = 0, stop: int | None = None) -> Iterator[Chunk]:
         """Yield consecutive chunks; memory is bounded by ``chunk_rows``, not the store size."""

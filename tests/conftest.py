@@ -1,0 +1,87 @@
+"""Shared fixtures: real photos and weights from ../shared, small and cached per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = (ROOT / ".." / "shared").resolve()
+WEIGHTS_025 = SHARED / "weights" / "mobilenet_0.25_128_imagenet_no_top.weights.h5"
+DVC = SHARED / "data" / "dogs-vs-cats" / "train"
+IMAGENETTE = SHARED / "data" / "imagenette-mini"
+
+requires_shared = pytest.mark.skipif(
+    not (WEIGHTS_025.is_file() and DVC.is_dir() and IMAGENETTE.is_dir()),
+    reason=f"needs real photos and weights in {SHARED} (../shared next to the project); absent here",
+)
+
+
+def link_subset(src_dir: Path, dst_dir: Path, names: list[str]) -> Path:
+    """Symlink some photos into a scratch folder (never copies into the project)."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (dst_dir / name).symlink_to(src_dir / name)
+    return dst_dir
+
+
+def kaggle_names(per_class: int) -> list[str]:
+    return [f"{c}.{i}.jpg" for c in ("cat", "dog") for i in range(per_class)]
+
+
+@pytest.fixture(scope="session")
+def small_backbone():
+    """MobileNet 0.25 at 128 px with real ImageNet weights (256-d features)."""
+    if not WEIGHTS_025.is_file():
+        pytest.skip(f"needs {WEIGHTS_025}")
+    from pipeline.backbones import build_backbone
+
+    return build_backbone("mobilenet", str(WEIGHTS_025), alpha=0.25, image_size=128)
+
+
+@pytest.fixture(scope="session")
+def dvc_store(tmp_path_factory, small_backbone) -> Path:
+    """All 1,400 Dogs vs Cats photos embedded once per session."""
+    from pipeline.extract import extract_features
+    from pipeline.images import list_images
+
+    out = tmp_path_factory.mktemp("dvc") / "dvc.h5"
+    extract_features(list_images(DVC), out, small_backbone, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def imagenette_stores(tmp_path_factory, small_backbone) -> tuple[Path, Path]:
+    """Imagenette-mini train (600) and val (200) stores, 10 classes."""
+    from pipeline.extract import extract_features
+    from pipeline.images import list_images
+
+    folder = tmp_path_factory.mktemp("imagenette")
+    paths = []
+    for split in ("train", "val"):
+        out = folder / f"{split}.h5"
+        extract_features(list_images(IMAGENETTE / split), out, small_backbone, progress=False)
+        paths.append(out)
+    return paths[0], paths[1]
+
+
+def make_blobs_store(path: Path, n: int, dim: int, classes: list[str], seed: int = 0, **attrs) -> Path:
+    """A synthetic store (Gaussian class blobs) for tests that need no CNN."""
+    from pipeline.store import StoreWriter
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1.0, (len(classes), dim))
+    y = rng.integers(0, len(classes), n).astype(np.int32)
+    X = (centers[y] + rng.normal(0, 1.0, (n, dim))).astype(np.float32)
+    meta = {"backbone": "synthetic", "weights": "none", "alpha": "", "input_size": [8, 8],
+            "preprocessing": "none", "pooling": "avg", "classes": classes, **attrs}
+    writer = StoreWriter(path, meta, dim)
+    writer.append(X, y, [f"img{seed}_{i}.jpg" for i in range(n)])
+    writer.close(complete=True)
+    return path
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,0 +1,126 @@
+"""extract-features on real photos with real MobileNet 0.25 weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import DVC, IMAGENETTE, WEIGHTS_025, kaggle_names, link_subset, requires_shared
+from pipeline.errors import StoreError
+from pipeline.extract import extract_features
+from pipeline.images import list_images
+from pipeline.store import open_store
+
+pytestmark = requires_shared
+SMALL = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "128", "--weights", str(WEIGHTS_025)]
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    with h5py.File(path) as f:
+        return f["features"][:], f["labels"][:], [p.decode() for p in f["paths"][:]]
+
+
+def test_kaggle_store_labels_shapes_and_attrs(dvc_store):
+    X, y, paths = _read(dvc_store)
+    assert X.shape == (1400, 256) and X.dtype == np.float32
+    with open_store(dvc_store) as store:
+        classes = store.classes
+        assert classes == ["cat", "dog"]
+        for key in ("backbone", "weights", "input_size", "preprocessing", "pooling", "keras_version", "backend",
+                    "package_versions", "source_root", "created", "rows_done", "complete"):
+            assert key in store.meta, key
+        assert store.meta["weights"].startswith(WEIGHTS_025.name + ":sha256:")
+    assert all(classes[label] == p.split(".")[0] for label, p in zip(y, paths))
+    assert len(set(paths)) == 1400
+    # shuffled by default: the first 100 rows hold both classes
+    assert 20 < y[:100].sum() < 80
+
+
+def test_real_features_separate_classes(dvc_store):
+    X, y, _ = _read(dvc_store)
+    train, test = np.arange(len(y)) % 3 != 0, np.arange(len(y)) % 3 == 0
+    centroids = np.stack([X[train & (y == c)].mean(0) for c in (0, 1)])
+    pred = np.argmin(((X[test, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert (pred == y[test]).mean() > 0.75  # chance is 0.5
+
+
+def test_same_image_same_features_across_runs(tmp_path, small_backbone, dvc_store):
+    src = link_subset(DVC, tmp_path / "src", kaggle_names(20))
+    out = tmp_path / "a.h5"
+    extract_features(list_images(src), out, small_backbone, batch_size=8, progress=False)
+    Xa, _, pa = _read(out)
+    Xb, _, pb = _read(dvc_store)
+    row = {p: i for i, p in enumerate(pb)}
+    np.testing.assert_allclose(Xa, Xb[[row[p] for p in pa]], rtol=1e-4, atol=1e-5)
+
+
+def test_folder_layout_and_corrupt_files_recorded(tmp_path, small_backbone):
+    src = tmp_path / "src"
+    for cls in ("church", "tench"):
+        names = sorted(os.listdir(IMAGENETTE / "val" / cls))[:5]
+        link_subset(IMAGENETTE / "val" / cls, src / cls, names)
+    (src / "church" / "zero.jpg").write_bytes(b"")
+    (src / "tench" / "text.jpg").write_text("hello")
+    good = (IMAGENETTE / "val" / "tench" / sorted(os.listdir(IMAGENETTE / "val" / "tench"))[0]).read_bytes()
+    (src / "tench" / "trunc.jpg").write_bytes(good[: len(good) // 3])
+    out = tmp_path / "f.h5"
+    res = extract_features(list_images(src), out, small_backbone, batch_size=4, progress=False)
+    with open_store(out) as store:
+        skipped = dict(store.skipped())
+        assert store.classes == ["church", "tench"] and store.meta["skipped_count"] == len(skipped)
+        paths, labels = store.paths(), store.labels()
+    assert {"church/zero.jpg", "tench/text.jpg"} <= set(skipped)
+    assert all(reason for reason in skipped.values())
+    assert res.skipped == len(skipped) == 3 and res.rows == len(paths) == 10
+    assert all(store_cls == p.split("/")[0] for store_cls, p in zip(np.array(["church", "tench"])[labels], paths))
+
+
+def test_complete_store_not_redone_and_other_settings_refused(tmp_path, small_backbone):
+    src = link_subset(DVC, tmp_path / "src", kaggle_names(6))
+    out = tmp_path / "s.h5"
+    extract_features(list_images(src), out, small_backbone, progress=False)
+    mtime = out.stat().st_mtime_ns
+    assert extract_features(list_images(src), out, small_backbone, progress=False).already_complete
+    assert out.stat().st_mtime_ns == mtime
+    with pytest.raises(StoreError, match="seed"):
+        extract_features(list_images(src), out, small_backbone, seed=7, progress=False)
+    assert extract_features(list_images(src), out, small_backbone, seed=7, overwrite=True, progress=False).rows == 12
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "extract-features", *args]
+
+
+def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
+    src = link_subset(DVC, tmp_path / "src", kaggle_names(300))
+    (src / "cat.999.jpg").write_bytes(b"\xff\xd8 broken")
+    killed, clean = tmp_path / "killed.h5", tmp_path / "clean.h5"
+    opts = [*SMALL, "--batch-size", "16", "--checkpoint-rows", "32", "-q"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(_cli(str(src), "-o", str(killed), *opts), env=env)
+    parts = tmp_path / "killed.h5.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("shard-*.h5"))) < 4:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists(), "the run finished before it could be killed"
+    assert len(list(parts.glob("shard-*.h5"))) >= 4
+    subprocess.run(_cli(str(src), "-o", str(killed), *opts), env=env, check=True)
+    subprocess.run(_cli(str(src), "-o", str(clean), *opts), env=env, check=True)
+    assert not parts.exists()
+    Xk, yk, pk = _read(killed)
+    Xc, yc, pc = _read(clean)
+    assert pk == pc and len(pk) == 600
+    np.testing.assert_array_equal(yk, yc)
+    np.testing.assert_array_equal(Xk, Xc)
+    with open_store(killed) as a, open_store(clean) as b:
+        assert a.skipped() == b.skipped() and len(a.skipped()) == 1
