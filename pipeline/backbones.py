@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,22 @@ class Backbone:
 
 
 def _keras() -> Any:
-    try:
-        import keras
-    except ImportError as exc:  # pragma: no cover - install problem
-        raise BackboneError(f"Keras is not installed: {exc}") from None
+    if "keras" not in sys.modules and not os.environ.get("PIPELINE_TF_LOGS"):
+        # TensorFlow's C++ start-up notes (oneDNN, CUDA probing) bypass TF_CPP_MIN_LOG_LEVEL;
+        # silence the stderr file descriptor while importing. PIPELINE_TF_LOGS=1 shows them.
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        try:
+            import keras  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise BackboneError(f"Keras is not installed: {exc}") from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+    import keras
+
     return keras
 
 

@@ -121,3 +121,125 @@ def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, we
 
 
 main.add_command(extract_features_cmd)
+
+
+TRAIN_EPILOG = """\b
+Examples:
+  train-incremental data/dvc.h5 --head logreg --holdout 0.3 --metrics-out m.json --plot curve.png
+  train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.pkl
+  train-incremental data/new_classes.h5 --resume model.pkl --holdout 0.3
+  train-incremental data/train.h5 --head nme --increment 2 --test data/val.h5 --plot matrix.png
+
+Saved models are pickles: only load (--resume) model files you trust.
+"""
+
+
+def _parse_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@click.command("train-incremental", epilog=TRAIN_EPILOG)
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--head", type=click.Choice(["logreg", "softmax"]), default=None,
+              help="The classifier: River logistic regression (one-vs-rest beyond two classes) or softmax regression. [default: logreg]")
+@click.option("--engine", type=click.Choice(["numpy", "river"]), default="numpy", show_default=True,
+              help="numpy: fast estimators with River's exact math; river: River's own estimators.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None, help="[default: sgd]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate [default: 1/feature_dim for sgd, 3e-4 for adam].")
+@click.option("--l2", type=click.FloatRange(min=0), default=None, help="L2 penalty [default: 0].")
+@click.option("--no-scale", is_flag=True, help="No StandardScaler before the linear model.")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Mini-batches (River learn_many) instead of row by row (logreg only).")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fraction held out for evaluation, split by a hash of each image path.")
+@click.option("--test", "test_stores", multiple=True, type=click.Path(path_type=Path),
+              help="A held-out store (repeatable); all its rows are evaluated.")
+@click.option("--eval-every", type=click.IntRange(0), default=0, help="Evaluate every N rows (learning curve).")
+@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--shuffle-buffer", type=click.IntRange(0), default=0, help="Shuffle rows in a buffer of N rows (and chunk order).")
+@click.option("--chunk-rows", type=click.IntRange(1), default=4096, show_default=True, help="Rows read per chunk.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--metrics-out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write all metrics as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PNG: learning curve, or the accuracy-matrix heatmap for class-incremental runs.")
+@click.option("--model-out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Save the trained model here (atomically).")
+@click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Save to --model-out every N rows.")
+@click.option("--resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Continue training a saved model (an interrupted run continues where it stopped).")
+@click.option("--allow-incomplete", is_flag=True, help="Accept stores whose extraction did not finish.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
+@friendly_errors
+def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, engine: str, optimizer: str | None,
+                          lr: float | None, l2: float | None, no_scale: bool, batch_size: int | None, holdout: float,
+                          test_stores: tuple[Path, ...], eval_every: int, epochs: int, shuffle_buffer: int,
+                          chunk_rows: int, seed: int, metrics_out: Path | None, plot: Path | None,
+                          model_out: Path | None, checkpoint_every: int, resume: Path | None,
+                          allow_incomplete: bool, quiet: bool, **extra: Any) -> None:
+    """Stream feature STORES chunk by chunk into an incremental classifier.
+
+    Evaluates progressively (predict, then learn, every row) and on held-out
+    data (--holdout or --test), saves the model, and resumes.
+    """
+    _show_warnings()
+    from pipeline.runs import run_training
+
+    params = dict(locals())
+    params.pop("extra")
+    params.update(extra)
+    run_training(**params, echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)), out=click.echo)
+
+
+EVALUATE_EPILOG = """\b
+Example:
+  pipeline evaluate model.pkl data/val.h5 --metrics-out eval.json
+  pipeline evaluate model.pkl data/dvc.h5 --holdout 0.3   # the held-out split used in training
+"""
+
+
+@click.command("evaluate", epilog=EVALUATE_EPILOG)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="Evaluate only the held-out split of the stores (same hash split as training).")
+@click.option("--metrics-out", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--allow-incomplete", is_flag=True)
+@friendly_errors
+def evaluate_cmd(model: Path, stores: tuple[Path, ...], holdout: float, metrics_out: Path | None,
+                 allow_incomplete: bool) -> None:
+    """Evaluate a saved MODEL on feature STORES (only load model files you trust)."""
+    from pipeline.runs import run_evaluation
+
+    run_evaluation(model, stores, holdout, metrics_out, allow_incomplete, out=click.echo)
+
+
+PREDICT_EPILOG = """\b
+Examples:
+  pipeline predict model.pkl photos/cat.1.jpg photos/dog.2.jpg
+  pipeline predict model.pkl photos/ --weights ../shared/weights/mobilenetv2_1.0_224_imagenet_no_top.weights.h5 --output preds.csv
+"""
+
+
+@click.command("predict", epilog=PREDICT_EPILOG)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--weights", default=None, help="Local weights file, when the model's features came from one.")
+@click.option("--model", "keras_model", default=None, help="The Keras model file, when the features came from --model.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write predictions to a .csv or .json file.")
+@friendly_errors
+def predict_cmd(model: Path, inputs: tuple[Path, ...], weights: str | None, keras_model: str | None,
+                batch_size: int, output: Path | None) -> None:
+    """Label raw images (files or folders) with a saved MODEL, end to end.
+
+    Only load model files you trust: they are pickles.
+    """
+    from pipeline.runs import run_prediction
+
+    run_prediction(model, inputs, weights, keras_model, batch_size, output, out=click.echo)
+
+
+for _cmd in (train_incremental_cmd, evaluate_cmd, predict_cmd):
+    main.add_command(_cmd)

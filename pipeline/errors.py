@@ -23,3 +23,7 @@ class HeadError(PipelineError):
 
 class ModelFileError(PipelineError):
     """A saved model cannot be read or does not fit the data given to it."""
+
+
+class OptionError(PipelineError):
+    """A command-line option has a value that cannot work."""

@@ -1,0 +1,112 @@
+"""The interface every head implements, and helpers they share.
+
+Heads take arrays and know nothing of files: ``partial_fit(X, y)`` with ``X``
+a float array of shape (n, d) and ``y`` an array of class labels (any
+hashable, strings in this project). Classes may appear at any time; the
+columns of ``predict_proba`` follow ``classes_`` (order of first appearance).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from pipeline.errors import HeadError
+
+
+class Head:
+    """Base class: subclasses implement ``_learn``, ``_scores`` and ``_proba``."""
+
+    name = "head"
+    row_by_row = False   # True when the update is one row at a time (progressive per row)
+    mergeable = False
+
+    def __init__(self) -> None:
+        self.classes_: list[Hashable] = []
+        self.n_features_in_: int | None = None
+        self.rows_seen_ = 0
+
+    # -- label bookkeeping -------------------------------------------------
+    def _check_X(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise HeadError(f"{self.name}: expected a 2-d feature array, got shape {X.shape}")
+        if self.n_features_in_ is None:
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise HeadError(f"{self.name}: expected {self.n_features_in_} features per row, got {X.shape[1]}")
+        return X
+
+    def _class_indices(self, y: Sequence[Hashable] | np.ndarray, grow: bool = True) -> np.ndarray:
+        """Column index of each label, appending unseen labels to ``classes_``."""
+        lookup = {c: i for i, c in enumerate(self.classes_)}
+        out = np.empty(len(y), np.int64)
+        for k, label in enumerate(y):
+            idx = lookup.get(label)
+            if idx is None:
+                if not grow:
+                    idx = -1
+                else:
+                    idx = lookup[label] = len(self.classes_)
+                    self.classes_.append(label)
+                    self._add_class(label)
+            out[k] = idx
+        return out
+
+    def _add_class(self, label: Hashable) -> None:
+        """Grow the state for a new class (a column, a mean, ...)."""
+
+    def _check_fitted(self) -> None:
+        if not self.classes_:
+            raise HeadError(f"{self.name} has not learnt anything yet: call partial_fit before predicting")
+
+    # -- public API ----------------------------------------------------------
+    def partial_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> "Head":
+        X = self._check_X(X)
+        if len(X) != len(y):
+            raise HeadError(f"{self.name}: X has {len(X)} rows but y has {len(y)} labels")
+        if len(X):
+            self._learn(X, y)
+            self.rows_seen_ += len(X)
+        return self
+
+    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> np.ndarray:
+        """Predict each row, then learn it; returns the predictions (None before any class)."""
+        X = self._check_X(X)
+        preds = self.predict(X) if self.classes_ else np.full(len(X), None, dtype=object)
+        self.partial_fit(X, y)
+        return preds
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return self._proba(self._check_X(X))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        proba = self.predict_proba(X)
+        return np.array(self.classes_, dtype=object)[np.argmax(proba, axis=1)]
+
+    def end_task(self) -> None:
+        """Called after each task (class-incremental) and at the end of training."""
+
+    def settings(self) -> dict[str, Any]:
+        """Constructor settings, recorded in saved models."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts about the fitted state, for the run summary and metrics."""
+        return {}
+
+    # subclasses
+    def _learn(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def softmax_rows(scores: np.ndarray) -> np.ndarray:
+    z = scores - scores.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z

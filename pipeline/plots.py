@@ -1,0 +1,60 @@
+"""Figures: the learning curve and the accuracy-matrix heatmap (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_learning_curve(metrics: dict[str, Any], path: str | Path) -> None:
+    curve = metrics.get("learning_curve") or []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = [p["rows_seen"] for p in curve]
+    for key, label in (("progressive_accuracy", "progressive (predict, then learn)"),
+                       ("heldout_accuracy", "held-out")):
+        pts = [(r, p[key]) for r, p in zip(rows, curve) if p.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_xlabel("rows seen")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{metrics.get('head', '')}: learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy_matrix(metrics: dict[str, Any], path: str | Path) -> None:
+    matrix = metrics["accuracy_matrix"]
+    R = np.array([[np.nan if v is None else v for v in row] for row in matrix], float)
+    T = len(R)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * T, 0.8 + 0.55 * T) if T > 6 else (6, 5))
+    im = ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
+    if T <= 15:
+        for i in range(T):
+            for j in range(T):
+                if not np.isnan(R[i, j]):
+                    ax.text(j, i, f"{100 * R[i, j]:.0f}", ha="center", va="center",
+                            color="white" if R[i, j] < 0.6 else "black", fontsize=8)
+    ax.set_xlabel("evaluated on task j")
+    ax.set_ylabel("after training task i")
+    ax.set_xticks(range(T), [str(j + 1) for j in range(T)])
+    ax.set_yticks(range(T), [str(i + 1) for i in range(T)])
+    final = metrics.get("final_accuracy")
+    joint = metrics.get("joint_accuracy")
+    title = f"{metrics.get('head', '')}: accuracy matrix (%)"
+    if final is not None:
+        title += f"\nfinal {100 * final:.1f}%" + (f", joint {100 * joint:.1f}%" if joint is not None else "")
+        title += f", forgetting {100 * metrics.get('forgetting', 0):.1f} pts"
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
