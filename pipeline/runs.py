@@ -45,61 +45,59 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
     if model_out is None and resume is not None:
         model_out = resume
     train_stream = FeatureStream(stores, allow_incomplete=allow_incomplete, chunk_rows=chunk_rows,
-                                 holdout=holdout, split="train" if holdout and not test_stores else "all",
+                                 holdout=holdout, split="train" if holdout else "all",
                                  shuffle_buffer=shuffle_buffer, seed=seed)
-    if test_stores:
-        test_stream: FeatureStream | None = FeatureStream(test_stores, allow_incomplete=allow_incomplete,
-                                                          chunk_rows=chunk_rows)
-        if holdout:
-            train_stream = train_stream.with_options(split="train")
-    elif holdout:
-        test_stream = train_stream.with_options(split="test", shuffle_buffer=0)
-    else:
-        test_stream = None
-    scan = train_stream.scan()
-    if scan.rows - scan.unlabelled == 0:
-        raise OptionError("the stores hold no labelled rows to learn from")
-    echo(f"{scan.rows} rows in {len(train_stream.stores)} store(s), {len(scan.class_counts)} classes, "
-         f"{train_stream.feature_dim}-d features from {train_stream.meta.get('backbone')}"
-         + (f"; {scan.unlabelled} unlabelled rows skipped" if scan.unlabelled else ""))
+    test_stream: FeatureStream | None = None
+    try:
+        if test_stores:
+            test_stream = FeatureStream(test_stores, allow_incomplete=allow_incomplete, chunk_rows=chunk_rows)
+        elif holdout:
+            test_stream = train_stream.with_options(split="test", shuffle_buffer=0)
+        scan = train_stream.scan()
+        if scan.rows - scan.unlabelled == 0:
+            raise OptionError("the stores hold no labelled rows to learn from")
+        echo(f"{scan.rows} rows in {len(train_stream.stores)} store(s), {len(scan.class_counts)} classes, "
+             f"{train_stream.feature_dim}-d features from {train_stream.meta.get('backbone')}"
+             + (f"; {scan.unlabelled} unlabelled rows skipped" if scan.unlabelled else ""))
 
-    options = _head_options(head_params)
-    if resume is not None:
-        model = load_model(resume)
-        if head is not None and head != model.head_name:
-            raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
-        check_model_fits(model, train_stream, "the training stores")
-        echo(f"resuming {model.head_name} from {resume}: {model.head.rows_seen_} rows seen, "
-             f"{len(model.classes)} classes")
-    else:
-        head = head or "logreg"
-        model = TrainedModel(make_head(head, engine, train_stream.feature_dim, **options), head,
-                             {**backbone_metadata(train_stream.meta), "feature_dim": train_stream.feature_dim})
-    head_name = model.head_name
+        options = _head_options(head_params)
+        if resume is not None:
+            model = load_model(resume)
+            if head is not None and head != model.head_name:
+                raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
+            check_model_fits(model, train_stream, "the training stores")
+            echo(f"resuming {model.head_name} from {resume}: {model.head.rows_seen_} rows seen, "
+                 f"{len(model.classes)} classes")
+        else:
+            head = head or "logreg"
+            model = TrainedModel(make_head(head, engine, train_stream.feature_dim, **options), head,
+                                 {**backbone_metadata(train_stream.meta), "feature_dim": train_stream.feature_dim})
+        head_name = model.head_name
 
-    def fresh() -> Any:
-        return make_head(head_name, engine, train_stream.feature_dim, **{**model.head.settings(), **options})
+        def fresh() -> Any:
+            return make_head(head_name, engine, train_stream.feature_dim, **{**model.head.settings(), **options})
 
-    order = [c.strip() for c in class_order.split(",")] if class_order else None
-    task_list = make_tasks(train_stream.classes, increment, tasks, order, seed)
-    if task_list is not None and test_stream is None:
-        raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
-    opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every, model_out=model_out,
-                        tasks=task_list, joint_reference=not no_joint, progress=not quiet)
-    metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
-    metrics["stores"] = [str(p) for p in stores]
-    metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)
-    metrics["holdout_fraction"] = holdout
-    if metrics_out is not None:
-        write_json(metrics, metrics_out)
-    if plot is not None:
-        from pipeline.plots import plot_accuracy_matrix, plot_learning_curve
+        order = [c.strip() for c in class_order.split(",")] if class_order else None
+        task_list = make_tasks(train_stream.classes, increment, tasks, order, seed)
+        if task_list is not None and test_stream is None:
+            raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
+        opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every, model_out=model_out,
+                            tasks=task_list, joint_reference=not no_joint, progress=not quiet)
+        metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+        metrics["stores"] = [str(p) for p in stores]
+        metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)
+        metrics["holdout_fraction"] = holdout
+        if metrics_out is not None:
+            write_json(metrics, metrics_out)
+        if plot is not None:
+            from pipeline.plots import plot_accuracy_matrix, plot_learning_curve
 
-        (plot_accuracy_matrix if task_list else plot_learning_curve)(metrics, plot)
-    out(summary(metrics, model_out))
-    train_stream.close()
-    if test_stream is not None and test_stores:
-        test_stream.close()
+            (plot_accuracy_matrix if task_list else plot_learning_curve)(metrics, plot)
+        out(summary(metrics, model_out))
+    finally:
+        train_stream.close()
+        if test_stream is not None:
+            test_stream.close()
     return metrics
 
 
@@ -147,10 +145,10 @@ def write_json(data: dict[str, Any], path: Path) -> None:
 def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.0, metrics_out: Path | None = None,
                    allow_incomplete: bool = False, out: Echo = print) -> dict[str, Any]:
     model = load_model(model_path)
-    stream = FeatureStream(stores, allow_incomplete=allow_incomplete, holdout=holdout,
-                           split="test" if holdout else "all")
-    check_model_fits(model, stream, "the stores")
-    report = evaluate_head(model.head, stream).report()
+    with FeatureStream(stores, allow_incomplete=allow_incomplete, holdout=holdout,
+                       split="test" if holdout else "all") as stream:
+        check_model_fits(model, stream, "the stores")
+        report = evaluate_head(model.head, stream).report()
     metrics = {"model": str(model_path), "stores": [str(s) for s in stores], "holdout_fraction": holdout,
                "heldout": report, **model.summary()}
     if metrics_out is not None:
@@ -161,7 +159,6 @@ def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.
         out(f"labels the model never learnt (counted as errors): {report['unseen_labels']}")
     for label, r in (report.get("per_class") or {}).items():
         out(f"  {label:>20}  precision {r['precision']:.3f}  recall {r['recall']:.3f}  f1 {r['f1']:.3f}  n={r['support']}")
-    stream.close()
     return metrics
 
 

@@ -79,12 +79,18 @@ class FeatureStream:
             raise ValueError(f"split must be all, train or test, not {split!r}")
         if not 0.0 <= holdout < 1.0:
             raise StoreError(f"holdout must be a fraction in [0, 1), got {holdout}")
-        self.stores = [open_store(p, allow_incomplete) for p in self.paths]
-        first = self.stores[0]
-        for store in self.stores:
-            if store.n_rows == 0:
-                raise StoreError(f"{store.path} is empty (0 rows)")
-            check_identity(first.identity, store.identity, str(store.path))
+        self.stores = []
+        try:
+            for p in self.paths:
+                self.stores.append(open_store(p, allow_incomplete))
+            first = self.stores[0]
+            for store in self.stores:
+                if store.n_rows == 0:
+                    raise StoreError(f"{store.path} is empty (0 rows)")
+                check_identity(first.identity, store.identity, str(store.path))
+        except Exception:
+            self.close()
+            raise
         self.identity = first.identity
         self.meta = first.meta
         self.feature_dim = first.feature_dim
@@ -181,6 +187,12 @@ class FeatureStream:
     def close(self) -> None:
         for store in self.stores:
             store.close()
+
+    def __enter__(self) -> "FeatureStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _concat(batches: list[Batch]) -> tuple[np.ndarray, np.ndarray, list[str]]:

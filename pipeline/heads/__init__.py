@@ -31,6 +31,7 @@ def default_lr(optimizer: str, n_features: int | None) -> float:
 def make_head(name: str, engine: str = "numpy", n_features: int | None = None, **options: Any) -> Head:
     """Build a head by name, e.g. ``make_head("softmax", lr=0.005)``."""
     options = {k: v for k, v in options.items() if v is not None}
+    engine = options.pop("engine", engine)
     if name in ("logreg", "softmax"):
         if engine not in ENGINES:
             raise HeadError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")

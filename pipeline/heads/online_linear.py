@@ -296,7 +296,7 @@ class FastLinearHead(Head):
 
     def settings(self) -> dict[str, Any]:
         m = self.model_
-        return {"kind": self.kind, "optimizer": m.optimizer, "lr": m.lr, "l2": m.l2, "scale": m.scale,
+        return {"engine": "numpy", "optimizer": m.optimizer, "lr": m.lr, "l2": m.l2, "scale": m.scale,
                 "batch_size": self.batch_size}
 
     def _indices(self, y: Sequence[Hashable] | np.ndarray) -> np.ndarray:

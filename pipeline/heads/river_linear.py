@@ -63,7 +63,7 @@ class RiverLinearHead(Head):
         self._names: list[str] = []
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": self.kind, "optimizer": self.optimizer, "lr": self.lr, "l2": self.l2,
+        return {"engine": "river", "optimizer": self.optimizer, "lr": self.lr, "l2": self.l2,
                 "scale": self.scale, "batch_size": self.batch_size}
 
     def _classifier(self) -> Any:
