@@ -140,8 +140,9 @@ def _parse_list(value: str | None) -> list[str] | None:
 
 @click.command("train-incremental", epilog=TRAIN_EPILOG)
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--head", type=click.Choice(["logreg", "softmax"]), default=None,
-              help="The classifier: River logistic regression (one-vs-rest beyond two classes) or softmax regression. [default: logreg]")
+@click.option("--head", type=click.Choice(["logreg", "softmax", "nme"]), default=None,
+              help="logreg: River logistic regression (one-vs-rest beyond two classes); softmax: River softmax "
+                   "regression; nme: iCaRL nearest-mean-of-exemplars. [default: logreg]")
 @click.option("--engine", type=click.Choice(["numpy", "river"]), default="numpy", show_default=True,
               help="numpy: fast estimators with River's exact math; river: River's own estimators.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None, help="[default: sgd]")
@@ -169,6 +170,18 @@ def _parse_list(value: str | None) -> list[str] | None:
 @click.option("--resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Continue training a saved model (an interrupted run continues where it stopped).")
 @click.option("--allow-incomplete", is_flag=True, help="Accept stores whose extraction did not finish.")
+@click.option("--increment", type=click.IntRange(1), default=None,
+              help="Class-incremental: N classes per task, in --class-order.")
+@click.option("--tasks", default=None, help='Class-incremental tasks spelled out: "cat,dog;fox;owl,bat".')
+@click.option("--class-order", default=None, help="Comma-separated class order for --increment [default: seeded shuffle].")
+@click.option("--no-joint", is_flag=True, help="Skip the joint reference (same head trained on all classes at once).")
+@click.option("--memory", type=click.IntRange(1), default=None,
+              help="Exemplar budget in rows, all classes together (nme, --replay) [default: 2000].")
+@click.option("--class-means", type=click.Choice(["exemplar", "exact"]), default=None,
+              help="nme: mean of the exemplars (iCaRL) or the exact running mean of every row [default: exemplar].")
+@click.option("--pool-size", type=click.IntRange(1), default=None,
+              help="Candidates kept per class for herding (reservoir sample) [default: 1000].")
+@click.option("--replay", is_flag=True, help="Mix exemplars of earlier classes into the stream (experience replay).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @friendly_errors
 def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, engine: str, optimizer: str | None,

@@ -32,6 +32,7 @@ class TrainedModel:
     stores: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     progress: dict[str, Any] | None = None
+    replay: Any = None  # ExperienceReplay memory when trained with --replay
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property

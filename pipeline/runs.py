@@ -21,11 +21,14 @@ from pipeline.train import TrainOptions, check_model_fits, evaluate_head, make_t
 
 Echo = Callable[[str], None]
 HEAD_OPTIONS = ("optimizer", "lr", "l2", "batch_size", "memory", "class_means", "pool_size", "shrinkage",
-                "ridge_lambda", "random_features")
+                "ridge_lambda", "random_features", "lambda_selection")
 
 
-def _head_options(params: dict[str, Any]) -> dict[str, Any]:
+def _head_options(params: dict[str, Any], head: str | None) -> dict[str, Any]:
     opts = {k: params.get(k) for k in HEAD_OPTIONS if params.get(k) is not None}
+    if head in ("logreg", "softmax"):
+        opts.pop("memory", None)  # --memory sizes the replay memory of linear heads
+        opts.pop("pool_size", None)
     if params.get("no_scale"):
         opts["scale"] = False
     return opts
@@ -37,7 +40,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
                  metrics_out: Path | None = None, plot: Path | None = None, model_out: Path | None = None,
                  checkpoint_every: int = 0, resume: Path | None = None, allow_incomplete: bool = False,
                  quiet: bool = False, increment: int | None = None, tasks: str | None = None,
-                 class_order: str | None = None, no_joint: bool = False, replay: int | None = None,
+                 class_order: str | None = None, no_joint: bool = False, replay: bool = False,
                  echo: Echo = print, out: Echo = print, **head_params: Any) -> dict[str, Any]:
     """Train (or continue) a head on feature stores; returns the metrics dictionary."""
     if checkpoint_every and model_out is None and resume is None:
@@ -60,7 +63,6 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
              f"{train_stream.feature_dim}-d features from {train_stream.meta.get('backbone')}"
              + (f"; {scan.unlabelled} unlabelled rows skipped" if scan.unlabelled else ""))
 
-        options = _head_options(head_params)
         if resume is not None:
             model = load_model(resume)
             if head is not None and head != model.head_name:
@@ -68,21 +70,26 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
             check_model_fits(model, train_stream, "the training stores")
             echo(f"resuming {model.head_name} from {resume}: {model.head.rows_seen_} rows seen, "
                  f"{len(model.classes)} classes")
+            options = _head_options(head_params, model.head_name)
         else:
             head = head or "logreg"
+            options = _head_options(head_params, head)
             model = TrainedModel(make_head(head, engine, train_stream.feature_dim, **options), head,
                                  {**backbone_metadata(train_stream.meta), "feature_dim": train_stream.feature_dim})
         head_name = model.head_name
 
         def fresh() -> Any:
-            return make_head(head_name, engine, train_stream.feature_dim, **{**model.head.settings(), **options})
+            settings = {**model.head.settings(), **options}
+            return make_head(head_name, settings.pop("engine", engine), train_stream.feature_dim, **settings)
 
         order = [c.strip() for c in class_order.split(",")] if class_order else None
         task_list = make_tasks(train_stream.classes, increment, tasks, order, seed)
         if task_list is not None and test_stream is None:
             raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
         opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every, model_out=model_out,
-                            tasks=task_list, joint_reference=not no_joint, progress=not quiet)
+                            tasks=task_list, joint_reference=not no_joint, replay=replay,
+                            replay_memory=head_params.get("memory") or 2000,
+                            pool_size=head_params.get("pool_size") or 1000, seed=seed, progress=not quiet)
         metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
         metrics["stores"] = [str(p) for p in stores]
         metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)

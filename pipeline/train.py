@@ -24,6 +24,7 @@ from tqdm import tqdm
 from pipeline.errors import OptionError
 from pipeline.evaluate import Evaluation, continual_metrics
 from pipeline.heads.base import Head
+from pipeline.heads.exemplars import ExperienceReplay
 from pipeline.models import TrainedModel, save_model
 from pipeline.stream import FeatureStream, check_identity
 
@@ -36,6 +37,10 @@ class TrainOptions:
     model_out: Path | None = None
     tasks: list[list[str]] | None = None
     joint_reference: bool = True
+    replay: bool = False
+    replay_memory: int = 2000
+    pool_size: int = 1000
+    seed: int = 0
     progress: bool = True
 
 
@@ -106,6 +111,9 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
     else:
         state = RunState(key=key)
     tasks = opts.tasks or [sorted(train_stream.classes)]
+    if opts.replay and model.replay is None:
+        model.replay = ExperienceReplay(opts.replay_memory, opts.pool_size, opts.seed)
+    replay = model.replay if opts.replay else None
     incremental = opts.tasks is not None
     model.stores.extend({"path": str(s.path), "rows": s.n_rows} for s in train_stream.stores
                         if {"path": str(s.path), "rows": s.n_rows} not in model.stores)
@@ -138,9 +146,13 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
                         for boundary in (next_eval, next_ckpt):
                             if boundary:
                                 stop = min(stop, start + boundary - state.rows)
-                        X, y = batch.X[start:stop], batch.y[start:stop]
+                        X, y, paths = batch.X[start:stop], batch.y[start:stop], batch.paths[start:stop]
                         t1 = time.perf_counter()
-                        preds = head.progressive_fit(X, y)
+                        if replay is not None:
+                            Xm, ym, own = replay.mix(X, y, paths, (state.task, state.epoch, state.rows))
+                            preds = head.progressive_fit(Xm, ym)[own]
+                        else:
+                            preds = head.progressive_fit(X, y, paths)
                         t_learn += time.perf_counter() - t1
                         state.progressive_correct += int(np.sum(preds == y))
                         state.progressive_rows += len(y)
@@ -159,6 +171,8 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
                 state.epoch += 1
                 state.rows_in_epoch = 0
             head.end_task()
+            if replay is not None:
+                replay.end_task()
             if incremental:
                 _after_task(head, test_stream, tasks, state, log)
             state.task += 1
@@ -198,7 +212,7 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
             joint = make_fresh_head()
             for epoch in range(opts.epochs):
                 for batch in train_stream.with_options(classes=None).iter_epoch(epoch):
-                    joint.partial_fit(batch.X, batch.y)
+                    joint.partial_fit(batch.X, batch.y, batch.paths)
             joint.end_task()
             metrics["joint_accuracy"] = evaluate_head(joint, test_stream).accuracy
             metrics["joint_minus_final"] = (metrics["joint_accuracy"] - metrics["final_accuracy"]

@@ -90,8 +90,9 @@ def test_wrong_feature_count_raises(head_factory):
 def test_progressive_fit_predicts_before_learning(head_factory):
     X, y = blobs(300)
     head = head_factory()
-    preds = head.progressive_fit(X, y)
+    preds = np.concatenate([head.progressive_fit(X[s:s + 50], y[s:s + 50]) for s in range(0, 300, 50)])
     assert len(preds) == 300 and head.rows_seen_ == 300
+    assert preds[0] is None  # nothing learnt before the first row
     assert (preds[100:] == y[100:]).mean() > 0.8
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
 
-HEAD_NAMES = ("logreg", "softmax")
+HEAD_NAMES = ("logreg", "softmax", "nme")
 ENGINES = ("numpy", "river")
 
 
@@ -35,7 +35,8 @@ def make_head(name: str, engine: str = "numpy", n_features: int | None = None, *
     if name in ("logreg", "softmax"):
         if engine not in ENGINES:
             raise HeadError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
-        params = {"optimizer": "sgd", "l2": 0.0, **options}
+        params = {"optimizer": "sgd", "l2": 0.0,
+                  **{k: v for k, v in options.items() if k in ("optimizer", "lr", "l2", "scale", "batch_size")}}
         params.setdefault("lr", default_lr(params["optimizer"], n_features))
         if engine == "river":
             from pipeline.heads.river_linear import RiverLinearHead
@@ -44,4 +45,17 @@ def make_head(name: str, engine: str = "numpy", n_features: int | None = None, *
         from pipeline.heads.online_linear import FastLinearHead
 
         return FastLinearHead(name, **params)
+    if name == "nme":
+        from pipeline.heads.nme import NMEHead
+
+        return NMEHead(**_only(options, ("memory", "class_means", "pool_size", "seed"), name))
     raise HeadError(f"unknown head {name!r}; expected one of {', '.join(HEAD_NAMES)}")
+
+
+def _only(options: dict[str, Any], allowed: tuple[str, ...], head: str) -> dict[str, Any]:
+    """Keep the options a head takes; linear-model options given to another head are an error."""
+    linear = {"optimizer", "lr", "l2", "scale", "batch_size"}
+    wrong = sorted(k for k in options if k in linear and k not in allowed)
+    if wrong:
+        raise HeadError(f"--head {head} does not take {', '.join('--' + w.replace('_', '-') for w in wrong)}")
+    return {k: v for k, v in options.items() if k in allowed}

@@ -62,20 +62,26 @@ class Head:
             raise HeadError(f"{self.name} has not learnt anything yet: call partial_fit before predicting")
 
     # -- public API ----------------------------------------------------------
-    def partial_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> "Head":
+    def partial_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray,
+                    paths: Sequence[str] | None = None) -> "Head":
+        """Learn rows ``X`` with labels ``y``; ``paths`` (optional) name their source images."""
         X = self._check_X(X)
         if len(X) != len(y):
             raise HeadError(f"{self.name}: X has {len(X)} rows but y has {len(y)} labels")
         if len(X):
-            self._learn(X, y)
+            self._learn(X, np.asarray(y, dtype=object), paths)
             self.rows_seen_ += len(X)
         return self
 
-    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> np.ndarray:
-        """Predict each row, then learn it; returns the predictions (None before any class)."""
+    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray,
+                        paths: Sequence[str] | None = None) -> np.ndarray:
+        """Predict each row, then learn it; returns the predictions (None before any class).
+
+        Heads that learn a chunk at a time predict the whole chunk before learning it.
+        """
         X = self._check_X(X)
         preds = self.predict(X) if self.classes_ else np.full(len(X), None, dtype=object)
-        self.partial_fit(X, y)
+        self.partial_fit(X, y, paths)
         return preds
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -98,7 +104,7 @@ class Head:
         return {}
 
     # subclasses
-    def _learn(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> None:
+    def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
         raise NotImplementedError
 
     def _proba(self, X: np.ndarray) -> np.ndarray:

@@ -303,7 +303,7 @@ class FastLinearHead(Head):
         # classes_ grows in order of first appearance; the model adds each at its first row
         return self._class_indices(y)
 
-    def _learn(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> None:
+    def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None = None) -> None:
         ks = self._indices(y)
         if self.batch_size:
             for s in range(0, len(X), self.batch_size):
@@ -311,10 +311,11 @@ class FastLinearHead(Head):
         else:
             self.model_.fit_rows(X, ks)
 
-    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> np.ndarray:
+    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray,
+                        paths: Sequence[str] | None = None) -> np.ndarray:
         X = self._check_X(X)
         if self.batch_size:
-            return super().progressive_fit(X, y)
+            return super().progressive_fit(X, y, paths)
         ks = self._indices(y)
         idx = self.model_.fit_rows(X, ks, predict=True)
         self.rows_seen_ += len(X)

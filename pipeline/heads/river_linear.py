@@ -111,7 +111,7 @@ class RiverLinearHead(Head):
 
         return pd.DataFrame(X.astype(np.float64), columns=[f"f{i}" for i in range(X.shape[1])])
 
-    def _learn(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> None:
+    def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None = None) -> None:
         self._class_indices(y)
         if self.batch_size:
             import pandas as pd
@@ -125,10 +125,11 @@ class RiverLinearHead(Head):
         for x, label in zip(self._dicts(X), y):
             learn(x, self._target(label))
 
-    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray) -> np.ndarray:
+    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray,
+                        paths: Sequence[str] | None = None) -> np.ndarray:
         X = self._check_X(X)
         if self.batch_size:
-            return super().progressive_fit(X, y)
+            return super().progressive_fit(X, y, paths)
         preds = np.full(len(X), None, dtype=object)
         for k, (x, label) in enumerate(zip(self._dicts(X), y)):
             self._class_indices([label])

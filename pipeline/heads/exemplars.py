@@ -1,0 +1,187 @@
+"""Exemplar memory for class-incremental learning (iCaRL, Rebuffi et al. 2017).
+
+- :func:`herding_order` is iCaRL's Algorithm 4 as a pure function: the order
+  in which samples bring the running exemplar mean closest to the class mean.
+  A budget of m exemplars is the first m of that order, so shrinking the
+  memory (Algorithm 5) is cutting the order.
+- :class:`ClassPools` keeps a bounded reservoir sample of each class while it
+  streams (exact when the class fits), the candidates herding chooses from.
+- :class:`ExemplarMemory` holds at most ``budget`` exemplars in total,
+  ``budget // classes`` per class, with their source paths.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
+
+import numpy as np
+
+
+def l2_normalise(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, np.float64)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def herding_order(X: np.ndarray, m: int | None = None, target: np.ndarray | None = None) -> np.ndarray:
+    """Indices of ``X`` in herding order (iCaRL Algorithm 4), ``m`` of them (default all).
+
+    ``X`` is L2-normalised here; ``target`` is the class mean to approach (the
+    mean of the normalised rows by default). Step k picks, among samples not yet
+    chosen, the one minimising ``||target - (chosen_sum + x) / k||``.
+
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    >>> herding_order(X).tolist()[0]    # the sample closest to the mean comes first
+    2
+    """
+    Z = l2_normalise(X)
+    n = len(Z)
+    m = n if m is None else min(m, n)
+    mu = Z.mean(axis=0) if target is None else np.asarray(target, np.float64)
+    sq = np.einsum("ij,ij->i", Z, Z)
+    chosen_sum = np.zeros(Z.shape[1])
+    available = np.ones(n, bool)
+    order = np.empty(m, np.int64)
+    for k in range(1, m + 1):
+        # ||k mu - S - x||^2 = const - 2 x.(k mu - S) + |x|^2
+        score = sq - 2.0 * (Z @ (k * mu - chosen_sum))
+        score[~available] = np.inf
+        i = int(np.argmin(score))
+        order[k - 1] = i
+        available[i] = False
+        chosen_sum += Z[i]
+    return order
+
+
+@dataclass
+class _Reservoir:
+    X: np.ndarray
+    paths: list[str]
+    seen: int = 0
+
+
+class ClassPools:
+    """A reservoir sample (Algorithm R) of at most ``size`` rows per class, seeded per class."""
+
+    def __init__(self, size: int = 1000, seed: int = 0):
+        self.size, self.seed = size, seed
+        self.pools: dict[Hashable, _Reservoir] = {}
+        self._rngs: dict[Hashable, np.random.Generator] = {}
+
+    def add(self, X: np.ndarray, y: Sequence[Hashable], paths: Sequence[str] | None = None) -> None:
+        paths = list(paths) if paths is not None else [""] * len(X)
+        y = np.asarray(y, dtype=object)
+        for label in dict.fromkeys(y.tolist()):
+            idx = np.flatnonzero(y == label)
+            pool = self.pools.get(label)
+            if pool is None:
+                pool = self.pools[label] = _Reservoir(np.empty((self.size, X.shape[1]), np.float32), [])
+                self._rngs[label] = np.random.default_rng([self.seed, zlib.crc32(str(label).encode())])
+            rng = self._rngs[label]
+            for i in idx:
+                pool.seen += 1
+                if len(pool.paths) < self.size:
+                    pool.X[len(pool.paths)] = X[i]
+                    pool.paths.append(paths[i])
+                else:
+                    j = int(rng.integers(0, pool.seen))
+                    if j < self.size:
+                        pool.X[j] = X[i]
+                        pool.paths[j] = paths[i]
+
+    def take(self) -> dict[Hashable, tuple[np.ndarray, list[str]]]:
+        """Hand over the pools (trimmed) and start empty."""
+        out = {c: (p.X[: len(p.paths)], p.paths) for c, p in self.pools.items()}
+        self.pools, self._rngs = {}, {}
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(p.paths) for p in self.pools.values())
+
+
+@dataclass
+class ExemplarSet:
+    X: np.ndarray          # exemplar features (float32), herding order
+    paths: list[str]
+
+
+@dataclass
+class ExemplarMemory:
+    """At most ``budget`` exemplars in total; ``budget // n_classes`` per class."""
+
+    budget: int = 2000
+    sets: dict[Hashable, ExemplarSet] = field(default_factory=dict)
+
+    @property
+    def per_class(self) -> int:
+        return self.budget // max(1, len(self.sets))
+
+    @property
+    def size(self) -> int:
+        return sum(len(s.paths) for s in self.sets.values())
+
+    def update(self, candidates: dict[Hashable, tuple[np.ndarray, list[str]]],
+               targets: dict[Hashable, np.ndarray] | None = None) -> None:
+        """Select exemplars for the classes in ``candidates`` and shrink every set to the new share.
+
+        A class that already has exemplars chooses again among its old exemplars
+        and its new candidates.
+        """
+        for label in candidates:
+            self.sets.setdefault(label, ExemplarSet(np.empty((0, 0), np.float32), []))
+        m = self.per_class
+        for label, (X, paths) in candidates.items():
+            old = self.sets[label]
+            if len(old.paths):
+                X, paths = np.vstack([old.X, X]), old.paths + list(paths)
+            if len(X) == 0:
+                continue
+            order = herding_order(X, m, None if targets is None else targets.get(label))
+            self.sets[label] = ExemplarSet(np.asarray(X, np.float32)[order], [paths[i] for i in order])
+        for label, s in self.sets.items():
+            if len(s.paths) > m:  # Algorithm 5: keep the first m of the herding order
+                self.sets[label] = ExemplarSet(s.X[:m], s.paths[:m])
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` exemplars drawn uniformly (with replacement) across the memory."""
+        labels = [c for c, s in self.sets.items() for _ in range(len(s.paths))]
+        if not labels:
+            return np.empty((0, 0), np.float32), np.empty(0, dtype=object)
+        X = np.vstack([s.X for s in self.sets.values() if len(s.paths)])
+        idx = rng.integers(0, len(labels), n)
+        return X[idx], np.array(labels, dtype=object)[idx]
+
+
+class ExperienceReplay:
+    """Exemplar replay for any head: mix remembered rows of earlier tasks into each chunk.
+
+    Rows of the current task fill per-class pools; at the end of a task herding
+    moves them into the shared :class:`ExemplarMemory`. ``mix`` returns the
+    chunk plus as many rows drawn from memory, shuffled together, and where
+    the chunk's own rows went (so progressive metrics count only new rows).
+    """
+
+    def __init__(self, budget: int = 2000, pool_size: int = 1000, seed: int = 0):
+        self.memory = ExemplarMemory(budget)
+        self.pools = ClassPools(pool_size, seed)
+        self.seed = seed
+
+    def mix(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None,
+            key: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.pools.add(X, y, paths)
+        if not self.memory.size:
+            return X, y, np.arange(len(X))
+        rng = np.random.default_rng([self.seed, *key])
+        Xr, yr = self.memory.sample(len(X), rng)
+        Xm = np.vstack([X, Xr.astype(X.dtype)])
+        ym = np.concatenate([np.asarray(y, dtype=object), yr])
+        perm = rng.permutation(len(Xm))
+        where = np.empty(len(Xm), np.int64)
+        where[perm] = np.arange(len(Xm))
+        return Xm[perm], ym[perm], where[: len(X)]
+
+    def end_task(self) -> None:
+        if len(self.pools):
+            self.memory.update(self.pools.take())
