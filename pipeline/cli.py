@@ -49,6 +49,26 @@ def main() -> None:
     _show_warnings()
 
 
+class AutoOrFloat(click.ParamType):
+    """``auto`` or a number within bounds."""
+
+    name = "auto|number"
+
+    def __init__(self, low: float | None, high: float | None):
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value == "auto" or isinstance(value, float):
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"expected 'auto' or a number, got {value!r}", param, ctx)
+        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+            self.fail(f"{number} is outside [{self.low}, {self.high if self.high is not None else 'inf'}]", param, ctx)
+        return number
+
+
 EXTRACT_EPILOG = """\b
 Examples:
   extract-features data/dogs-vs-cats/train -o data/dvc.h5
@@ -140,9 +160,10 @@ def _parse_list(value: str | None) -> list[str] | None:
 
 @click.command("train-incremental", epilog=TRAIN_EPILOG)
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--head", type=click.Choice(["logreg", "softmax", "nme"]), default=None,
+@click.option("--head", type=click.Choice(["logreg", "softmax", "nme", "slda", "ridge"]), default=None,
               help="logreg: River logistic regression (one-vs-rest beyond two classes); softmax: River softmax "
-                   "regression; nme: iCaRL nearest-mean-of-exemplars. [default: logreg]")
+                   "regression; nme: iCaRL nearest-mean-of-exemplars; slda: streaming LDA; ridge: analytic "
+                   "ridge. [default: logreg]")
 @click.option("--engine", type=click.Choice(["numpy", "river"]), default="numpy", show_default=True,
               help="numpy: fast estimators with River's exact math; river: River's own estimators.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None, help="[default: sgd]")
@@ -182,6 +203,12 @@ def _parse_list(value: str | None) -> list[str] | None:
 @click.option("--pool-size", type=click.IntRange(1), default=None,
               help="Candidates kept per class for herding (reservoir sample) [default: 1000].")
 @click.option("--replay", is_flag=True, help="Mix exemplars of earlier classes into the stream (experience replay).")
+@click.option("--shrinkage", type=AutoOrFloat(0.0, 1.0), default=None,
+              help="slda: covariance shrinkage in [0, 1], or auto (OAS estimate) [default: auto].")
+@click.option("--lambda", "ridge_lambda", type=AutoOrFloat(0.0, None), default=None,
+              help="ridge: L2 penalty, or auto (generalised cross-validation) [default: auto].")
+@click.option("--random-features", type=click.IntRange(1), default=None,
+              help="ridge: RanPAC random ReLU projection to M dimensions before the ridge.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @friendly_errors
 def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, engine: str, optimizer: str | None,
@@ -254,5 +281,25 @@ def predict_cmd(model: Path, inputs: tuple[Path, ...], weights: str | None, kera
     run_prediction(model, inputs, weights, keras_model, batch_size, output, out=click.echo)
 
 
-for _cmd in (train_incremental_cmd, evaluate_cmd, predict_cmd):
+MERGE_EPILOG = """\b
+Example:
+  pipeline merge shard-a.pkl shard-b.pkl -o all.pkl   # slda / ridge models of disjoint stores
+"""
+
+
+@click.command("merge", epilog=MERGE_EPILOG)
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@friendly_errors
+def merge_cmd(models: tuple[Path, ...], output: Path) -> None:
+    """Combine MODELS trained on disjoint stores into the model of their union (slda, ridge).
+
+    The result equals one model trained on all the stores. Only load model files you trust.
+    """
+    from pipeline.runs import run_merge
+
+    run_merge(models, output, out=click.echo)
+
+
+for _cmd in (train_incremental_cmd, evaluate_cmd, predict_cmd, merge_cmd):
     main.add_command(_cmd)

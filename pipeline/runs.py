@@ -16,12 +16,12 @@ from typing import Any, Callable, Sequence
 from pipeline.errors import ModelFileError, OptionError
 from pipeline.heads import make_head
 from pipeline.models import TrainedModel, backbone_metadata, load_model, save_model
-from pipeline.stream import FeatureStream
+from pipeline.stream import FeatureStream, check_identity
 from pipeline.train import TrainOptions, check_model_fits, evaluate_head, make_tasks, train
 
 Echo = Callable[[str], None]
 HEAD_OPTIONS = ("optimizer", "lr", "l2", "batch_size", "memory", "class_means", "pool_size", "shrinkage",
-                "ridge_lambda", "random_features", "lambda_selection")
+                "ridge_lambda", "random_features")
 
 
 def _head_options(params: dict[str, Any], head: str | None) -> dict[str, Any]:
@@ -192,3 +192,22 @@ def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None
                 writer.writeheader()
                 writer.writerows(rows)
     return preds
+
+
+def run_merge(paths: Sequence[Path], output: Path, out: Echo = print) -> TrainedModel:
+    """Merge saved slda / ridge models trained on disjoint data into one."""
+    if len(paths) < 2:
+        raise OptionError("merge needs at least two models")
+    models = [load_model(p) for p in paths]
+    first = models[0]
+    if not getattr(first.head, "mergeable", False):
+        raise OptionError(f"{first.head_name} models cannot be merged exactly; only slda and ridge can")
+    for path, other in zip(paths[1:], models[1:]):
+        check_identity(first.backbone, other.backbone, str(path))
+        first.head.merge(other.head)
+        first.stores.extend(s for s in other.stores if s not in first.stores)
+    first.progress = None
+    save_model(first, output)
+    out(f"merged {len(models)} {first.head_name} models ({first.head.rows_seen_} rows, "
+        f"{len(first.classes)} classes) into {output}")
+    return first

@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
 
-HEAD_NAMES = ("logreg", "softmax", "nme")
+HEAD_NAMES = ("logreg", "softmax", "nme", "slda", "ridge")
 ENGINES = ("numpy", "river")
 
 
@@ -49,6 +49,14 @@ def make_head(name: str, engine: str = "numpy", n_features: int | None = None, *
         from pipeline.heads.nme import NMEHead
 
         return NMEHead(**_only(options, ("memory", "class_means", "pool_size", "seed"), name))
+    if name == "slda":
+        from pipeline.heads.slda import SLDAHead
+
+        return SLDAHead(**_only(options, ("shrinkage",), name))
+    if name == "ridge":
+        from pipeline.heads.ridge import RidgeHead
+
+        return RidgeHead(**_only(options, ("ridge_lambda", "random_features", "seed"), name))
     raise HeadError(f"unknown head {name!r}; expected one of {', '.join(HEAD_NAMES)}")
 
 

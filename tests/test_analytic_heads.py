@@ -1,0 +1,180 @@
+"""Streaming LDA and analytic ridge: equal to scikit-learn, order-free, mergeable, robust."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.linear_model import Ridge
+
+from conftest import make_blobs_store, requires_shared
+from pipeline.heads import make_head
+from pipeline.heads.ridge import RidgeHead
+from pipeline.heads.slda import SLDAHead
+from pipeline.runs import run_merge, run_training
+
+quiet = {"echo": lambda s: None, "out": lambda s: None, "quiet": True}
+
+
+def data(n=400, dim=20, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1.5, (k, dim))
+    idx = rng.integers(0, k, n)
+    A = rng.normal(size=(dim, dim)) / np.sqrt(dim)  # correlated features
+    X = (centers[idx] + rng.normal(size=(n, dim)) @ A + 2.0).astype(np.float32)
+    return X, np.array([f"k{i}" for i in idx], dtype=object)
+
+
+def by_name(head, X):
+    """Probabilities as {class name: column}, independent of the head's class order."""
+    P = head.predict_proba(X)
+    return {c: P[:, i] for i, c in enumerate(head.classes_)}
+
+
+def test_slda_equals_sklearn_lda_with_the_same_shrinkage():
+    X, y = data()
+    for s in (0.0, 0.1, 0.5):
+        head = SLDAHead(shrinkage=s)
+        for i in range(0, 300, 64):
+            head.partial_fit(X[i:min(i + 64, 300)], y[i:min(i + 64, 300)])
+        ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=s).fit(X[:300].astype(np.float64), y[:300].astype(str))
+        order = [head.classes_.index(c) for c in ref.classes_]
+        np.testing.assert_allclose(head.coef_[order], ref.coef_, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(head.intercept_[order], ref.intercept_, rtol=1e-6, atol=1e-8)
+        np.testing.assert_array_equal(head.predict(X[300:]).astype(str), ref.predict(X[300:].astype(np.float64)))
+
+
+def test_ridge_equals_sklearn_ridge_with_the_same_lambda():
+    X, y = data()
+    classes = sorted(set(y))
+    Y = (y[:300, None] == np.array(classes)[None, :]).astype(float)
+    for lam in (0.01, 1.0, 100.0):
+        head = RidgeHead(ridge_lambda=lam)
+        for i in range(0, 300, 50):
+            head.partial_fit(X[i:i + 50], y[i:i + 50])
+        ref = Ridge(alpha=lam).fit(X[:300].astype(np.float64), Y)
+        order = [head.classes_.index(c) for c in classes]
+        np.testing.assert_allclose(head.coef_[order], ref.coef_, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(head.intercept_[order], ref.intercept_, rtol=1e-6, atol=1e-8)
+        pred = np.array(classes)[ref.predict(X[300:].astype(np.float64)).argmax(1)]
+        np.testing.assert_array_equal(head.predict(X[300:]).astype(str), pred)
+
+
+def test_gcv_matches_the_explicit_hat_matrix():
+    X, y = data(n=120, dim=8)
+    head = RidgeHead().partial_fit(X, y)
+    lam_auto, curve = head.gcv_lambda()
+    Xc = X.astype(np.float64) - X.mean(0)
+    Y = (y[:, None] == np.array(head.classes_)[None, :]).astype(float)
+    Yc = Y - Y.mean(0)
+    n = len(X)
+    for lam, score in list(zip(curve["lambda"], curve["gcv"]))[::9]:
+        H = Xc @ np.linalg.solve(Xc.T @ Xc + lam * np.eye(8), Xc.T)
+        rss = ((Yc - H @ Yc) ** 2).sum()
+        explicit = n * rss / (n - np.trace(H) - 1) ** 2
+        assert score == pytest.approx(explicit, rel=1e-6)
+    assert head.lambda_ == lam_auto and head.describe()["lambda_selection"] == "gcv"
+
+
+@pytest.mark.parametrize("name", ["slda", "ridge"])
+def test_order_chunking_and_task_split_do_not_matter(name):
+    X, y = data(600)
+    rng = np.random.default_rng(1)
+    a = make_head(name).partial_fit(X, y)
+    perm = rng.permutation(len(X))
+    b = make_head(name)
+    for i in range(0, 600, 77):
+        b.partial_fit(X[perm][i:i + 77], y[perm][i:i + 77])
+    c = make_head(name)  # class-incremental: one task per class, reversed class order
+    for label in sorted(set(y), reverse=True):
+        c.partial_fit(X[y == label], y[y == label])
+    test = data(200, seed=9)[0]
+    for other in (b, c):
+        np.testing.assert_array_equal(other.predict(test), a.predict(test))
+        pa, po = by_name(a, test), by_name(other, test)
+        for label in pa:
+            np.testing.assert_allclose(po[label], pa[label], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["slda", "ridge"])
+def test_merge_equals_training_on_both(name):
+    X, y = data(500)
+    first, second = make_head(name).partial_fit(X[:250], y[:250]), make_head(name).partial_fit(X[250:], y[250:])
+    both = make_head(name).partial_fit(X[:250], y[:250]).partial_fit(X[250:], y[250:])
+    merged = first.merge(second)
+    test = data(100, seed=5)[0]
+    np.testing.assert_array_equal(merged.predict(test), both.predict(test))
+    np.testing.assert_allclose(merged.predict_proba(test), both.predict_proba(test), rtol=1e-6, atol=1e-9)
+    assert merged.rows_seen_ == 500
+
+
+def test_random_features_are_seeded_and_kept():
+    X, y = data(300)
+    a = RidgeHead(random_features=64, seed=3).partial_fit(X, y)
+    b = RidgeHead(random_features=64, seed=3).partial_fit(X[:100], y[:100]).partial_fit(X[100:], y[100:])
+    assert a.projection_.shape == (20, 64)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    assert (a.predict(X) == y).mean() > 0.8
+
+
+@pytest.mark.parametrize("name", ["slda", "ridge"])
+def test_numerically_hard_inputs(name):
+    X, y = data(300, dim=12)
+    X = np.hstack([X, X[:, :3] + 1e-7, np.full((300, 2), 5.0)])   # near-duplicate and constant features
+    X16 = X.astype(np.float16)                                     # what a float16 store holds
+    y = y.copy()
+    y[0] = "lonely"                                                # a class with a single sample
+    head = make_head(name).partial_fit(X16, y)
+    P = head.predict_proba(X16)
+    assert np.isfinite(P).all() and np.isfinite(head.coef_).all()
+    assert (head.predict(X16)[1:] == y[1:]).mean() > 0.8
+
+
+def test_class_incremental_ends_where_joint_training_does(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 2000, 16, [f"c{i}" for i in range(6)])
+    for head in ("slda", "ridge"):
+        runs = [run_training([store], head=head, holdout=0.3, increment=1, seed=seed, **quiet) for seed in (0, 1)]
+        assert runs[0]["tasks"] != runs[1]["tasks"]
+        for m in runs:
+            assert m["final_accuracy"] == m["joint_accuracy"]
+        assert runs[0]["final_accuracy"] == runs[1]["final_accuracy"]
+
+
+def test_merge_command_equals_one_run(tmp_path):
+    a = make_blobs_store(tmp_path / "a.h5", 500, 8, ["x", "y", "z"], seed=1)
+    b = make_blobs_store(tmp_path / "b.h5", 500, 8, ["x", "y", "w"], seed=2)
+    for head in ("slda", "ridge"):
+        run_training([a], head=head, model_out=tmp_path / f"{head}a.pkl", **quiet)
+        run_training([b], head=head, model_out=tmp_path / f"{head}b.pkl", **quiet)
+        run_training([a, b], head=head, model_out=tmp_path / f"{head}ab.pkl", **quiet)
+        merged = run_merge([tmp_path / f"{head}a.pkl", tmp_path / f"{head}b.pkl"], tmp_path / f"{head}m.pkl",
+                           out=lambda s: None)
+        from pipeline.models import load_model
+
+        joint = load_model(tmp_path / f"{head}ab.pkl").head
+        X = np.random.default_rng(0).normal(size=(50, 8))
+        np.testing.assert_array_equal(merged.head.predict(X), joint.predict(X))
+    from pipeline.errors import OptionError
+
+    run_training([a], head="nme", model_out=tmp_path / "n.pkl", **quiet)
+    with pytest.raises(OptionError, match="cannot be merged"):
+        run_merge([tmp_path / "n.pkl", tmp_path / "n.pkl"], tmp_path / "o.pkl", out=lambda s: None)
+
+
+@requires_shared
+def test_real_features_one_class_per_task_match_joint_and_logistic_regression(imagenette_stores):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.stream import FeatureStream
+
+    train, val = imagenette_stores
+    with FeatureStream([train]) as tr, FeatureStream([val]) as te:
+        Xtr, ytr = (np.concatenate(v) for v in zip(*[(b.X, b.y) for b in tr]))
+        Xte, yte = (np.concatenate(v) for v in zip(*[(b.X, b.y) for b in te]))
+    sc = StandardScaler().fit(Xtr)
+    logreg = LogisticRegression(max_iter=3000).fit(sc.transform(Xtr), ytr.astype(str)).score(sc.transform(Xte), yte.astype(str))
+    for head in ("slda", "ridge"):
+        m = [run_training([train], head=head, test_stores=[val], increment=1, seed=s, **quiet) for s in (0, 1)]
+        assert m[0]["final_accuracy"] == m[0]["joint_accuracy"] == m[1]["final_accuracy"]
+        assert m[0]["final_accuracy"] > logreg - 0.02, (head, m[0]["final_accuracy"], logreg)
