@@ -76,13 +76,15 @@ def head_rate(name: str, engine: str, X: np.ndarray, y: np.ndarray, batch_size: 
 PEAK_SCRIPT = """
 import resource, sys
 from pipeline.runs import run_training
-run_training([sys.argv[1]], head="logreg", holdout=0.1, quiet=True, echo=lambda s: None, out=lambda s: None)
+run_training([sys.argv[1]], head=sys.argv[2], holdout=0.1, quiet=True, echo=lambda s: None, out=lambda s: None)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def peak_rss_mb(store: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(store)], capture_output=True, text=True, check=True)
+def peak_rss_mb(store: Path, head: str = "logreg") -> float:
+    """Peak resident memory (MB) of a fresh process training ``head`` on ``store``."""
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(store), head], capture_output=True, text=True,
+                         check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 

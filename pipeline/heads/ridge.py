@@ -56,9 +56,9 @@ class RidgeHead(Head):
         return {"ridge_lambda": self.ridge_lambda, "random_features": self.random_features, "seed": self.seed}
 
     def _features(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, np.float64)
         if self.random_features is None:
-            return X
+            return X  # ClassStatistics makes its own float64 copy
+        X = np.asarray(X, np.float64)
         if self.projection_ is None:
             rng = np.random.default_rng(self.seed)
             self.projection_ = rng.standard_normal((X.shape[1], self.random_features)).astype(np.float32)
@@ -129,7 +129,7 @@ class RidgeHead(Head):
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted()
         coef, intercept, _ = self._coefficients()
-        return self._features(self._check_X(X)) @ coef.T + intercept
+        return np.asarray(self._features(self._check_X(X)), np.float64) @ coef.T + intercept
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
         scores = np.maximum(self.decision_function(X), 0.0)

@@ -67,7 +67,7 @@ class SLDAHead(Head):
     def covariance_(self) -> tuple[np.ndarray, float]:
         """The shrunk shared covariance and the shrinkage used."""
         st = self.stats_
-        cov = st.scatter_ / max(st.n, 1)
+        cov = st.within_scatter() / max(st.n, 1)
         s = oas_shrinkage(cov, st.n) if self.shrinkage == "auto" else float(self.shrinkage)
         mu = np.trace(cov) / cov.shape[0]
         if mu <= 0:  # every feature constant: any positive scale keeps it invertible
