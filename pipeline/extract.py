@@ -98,14 +98,18 @@ class _ShardWriter(threading.Thread):
 
     def put(self, item: tuple) -> None:
         if self.error is not None:
-            raise self.error
+            self.finish()
         self.inbox.put(item)
 
     def run(self) -> None:
         last = time.monotonic()
-        try:
-            while True:
-                item = self.inbox.get()
+        while True:
+            item = self.inbox.get()
+            if self.error is not None:  # after a failure keep draining, so put() never blocks
+                if item is None:
+                    return
+                continue
+            try:
                 if item is None:
                     self._flush()
                     return
@@ -114,8 +118,8 @@ class _ShardWriter(threading.Thread):
                 if rows >= self.checkpoint_rows or time.monotonic() - last >= self.checkpoint_seconds:
                     self._flush()
                     last = time.monotonic()
-        except BaseException as exc:  # surfaced in the main thread by put()/finish()
-            self.error = exc
+            except BaseException as exc:  # surfaced in the main thread by put() / finish()
+                self.error = exc
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -134,11 +138,13 @@ class _ShardWriter(threading.Thread):
         self.write_s += time.perf_counter() - t0
 
     def finish(self) -> None:
+        """Flush and stop; raises the writer's error once."""
         if self.is_alive():
             self.inbox.put(None)
             self.join()
-        if self.error is not None:
-            raise self.error
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
 
 def _completed_shards(parts: Path) -> list[FeatureStore]:
@@ -278,6 +284,14 @@ def extract_features(
                 writer.put((b0, b1, feats, labels[[i for i, _ in good]], [source.paths[i] for i, _ in good], skipped))
                 result.skipped += len(skipped)
                 bar.update(b1 - b0)
+    except OSError as exc:  # e.g. a full disk: finished shards stay, the rerun continues after them
+        bar.close()
+        try:
+            writer.finish()
+        except OSError:
+            pass
+        raise StoreError(f"writing to {parts} failed ({exc}); fix the cause (free disk space?) and rerun the "
+                         "same command to continue") from None
     finally:
         bar.close()
         writer.finish()  # flushes finished batches even on Ctrl-C, so they are not redone
@@ -287,7 +301,11 @@ def extract_features(
         raise StoreError(f"no shard was written in {parts}")
     attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    result.rows, result.skipped = _merge(shards, out, attrs, backbone.feature_dim, dtype, compression)
+    try:
+        result.rows, result.skipped = _merge(shards, out, attrs, backbone.feature_dim, dtype, compression)
+    except OSError as exc:
+        raise StoreError(f"writing {out} failed ({exc}); the shards in {parts} are kept: fix the cause and "
+                         "rerun the same command") from None
     for shard in shards:
         shard.close()
     shutil.rmtree(parts, ignore_errors=True)

@@ -54,6 +54,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
     try:
         if test_stores:
             test_stream = FeatureStream(test_stores, allow_incomplete=allow_incomplete, chunk_rows=chunk_rows)
+            test_stream.scan()  # refuses NaN / infinite features there too
         elif holdout:
             test_stream = train_stream.with_options(split="test", shuffle_buffer=0)
         scan = train_stream.scan()

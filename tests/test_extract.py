@@ -124,3 +124,32 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(Xk, Xc)
     with open_store(killed) as a, open_store(clean) as b:
         assert a.skipped() == b.skipped() and len(a.skipped()) == 1
+
+
+def test_full_disk_mid_run_is_a_clear_error_and_the_rerun_completes(tmp_path, small_backbone, monkeypatch):
+    import pipeline.extract as extract_module
+
+    src = link_subset(DVC, tmp_path / "src", kaggle_names(40))
+    out, clean = tmp_path / "s.h5", tmp_path / "clean.h5"
+    real_writer = extract_module.StoreWriter
+    calls = {"n": 0}
+
+    class FailingWriter(real_writer):
+        def append(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise OSError(28, "No space left on device")
+            return super().append(*args, **kwargs)
+
+    monkeypatch.setattr(extract_module, "StoreWriter", FailingWriter)
+    with pytest.raises(StoreError, match="No space left on device.*rerun the same command"):
+        extract_features(list_images(src), out, small_backbone, batch_size=8, checkpoint_rows=16, progress=False)
+    monkeypatch.setattr(extract_module, "StoreWriter", real_writer)
+    assert len(list((tmp_path / "s.h5.parts").glob("shard-*.h5"))) >= 2 and not out.exists()
+    res = extract_features(list_images(src), out, small_backbone, batch_size=8, checkpoint_rows=16, progress=False)
+    assert res.resumed_at > 0
+    extract_features(list_images(src), clean, small_backbone, batch_size=8, checkpoint_rows=16, progress=False)
+    Xa, ya, pa = _read(out)
+    Xb, yb, pb = _read(clean)
+    assert pa == pb and len(pa) == 80
+    np.testing.assert_array_equal(Xa, Xb)
