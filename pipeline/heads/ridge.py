@@ -24,22 +24,19 @@ Probabilities are the one-hot regression scores clipped at 0 and normalised.
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from pipeline.errors import HeadError
-from pipeline.heads.base import Head
-from pipeline.heads.class_stats import ClassStatistics
-from pipeline.heads.slda import _check_mergeable
+from pipeline.heads.statistics_head import StatisticsHead
 
 LAMBDA_GRID = np.logspace(-6, 3, 46)  # multiples of the mean eigenvalue of the Gram matrix
 
 
-class RidgeHead(Head):
+class RidgeHead(StatisticsHead):
     name = "ridge"
-    mergeable = True
 
     def __init__(self, ridge_lambda: float | str = "auto", random_features: int | None = None, seed: int = 0):
         super().__init__()
@@ -48,9 +45,7 @@ class RidgeHead(Head):
         if random_features is not None and random_features < 1:
             raise HeadError(f"random_features must be positive, got {random_features}")
         self.ridge_lambda, self.random_features, self.seed = ridge_lambda, random_features, seed
-        self.stats_: ClassStatistics | None = None
         self.projection_: np.ndarray | None = None
-        self._cache: tuple[np.ndarray, np.ndarray, float] | None = None
 
     def settings(self) -> dict[str, Any]:
         return {"ridge_lambda": self.ridge_lambda, "random_features": self.random_features, "seed": self.seed}
@@ -58,21 +53,13 @@ class RidgeHead(Head):
     def _features(self, X: np.ndarray) -> np.ndarray:
         if self.random_features is None:
             return X  # ClassStatistics makes its own float64 copy
-        X = np.asarray(X, np.float64)
         if self.projection_ is None:
             rng = np.random.default_rng(self.seed)
             self.projection_ = rng.standard_normal((X.shape[1], self.random_features)).astype(np.float32)
-        return np.maximum(X @ self.projection_, 0.0)
+        return np.maximum(np.asarray(X, np.float64) @ self.projection_, 0.0)
 
-    def _add_class(self, label: Hashable) -> None:
-        if self.stats_ is None:
-            self.stats_ = ClassStatistics(self.random_features or self.n_features_in_ or 0)
-        self.stats_.add_class()
-
-    def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
-        ks = self._class_indices(y)
-        self.stats_.update(self._features(X), ks)
-        self._cache = None
+    def _stats_dim(self) -> int:
+        return self.random_features or self.n_features_in_ or 0
 
     def _targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         st = self.stats_
@@ -99,60 +86,36 @@ class RidgeHead(Head):
         best = int(np.argmin(scores))
         return float(grid[best]), {"lambda": grid.tolist(), "gcv": scores}
 
-    def _coefficients(self) -> tuple[np.ndarray, np.ndarray, float]:
-        if self._cache is None:
-            st = self.stats_
-            gram, xty, mu = self._targets()
-            lam = self.gcv_lambda()[0] if self.ridge_lambda == "auto" else float(self.ridge_lambda)
-            A = gram.copy()
-            A[np.diag_indices_from(A)] += lam
-            try:
-                W = cho_solve(cho_factor(A, lower=True, check_finite=False), xty, check_finite=False)
-            except np.linalg.LinAlgError:
-                W = np.linalg.lstsq(A, xty, rcond=None)[0]
-            intercept = st.counts_ / max(st.n, 1) - mu @ W
-            self._cache = (W.T, intercept, lam)
-        return self._cache
-
-    @property
-    def coef_(self) -> np.ndarray:
-        return self._coefficients()[0]
-
-    @property
-    def intercept_(self) -> np.ndarray:
-        return self._coefficients()[1]
+    def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
+        st = self.stats_
+        gram, xty, mu = self._targets()
+        lam = self.gcv_lambda()[0] if self.ridge_lambda == "auto" else float(self.ridge_lambda)
+        A = gram.copy()
+        A[np.diag_indices_from(A)] += lam
+        try:
+            W = cho_solve(cho_factor(A, lower=True, check_finite=False), xty, check_finite=False)
+        except np.linalg.LinAlgError:
+            W = np.linalg.lstsq(A, xty, rcond=None)[0]
+        intercept = st.counts_ / max(st.n, 1) - mu @ W
+        return W.T, intercept, lam
 
     @property
     def lambda_(self) -> float:
         return self._coefficients()[2]
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        self._check_fitted()
-        coef, intercept, _ = self._coefficients()
-        return np.asarray(self._features(self._check_X(X)), np.float64) @ coef.T + intercept
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
         scores = np.maximum(self.decision_function(X), 0.0)
         total = scores.sum(axis=1, keepdims=True)
         return np.divide(scores, total, out=np.full_like(scores, 1.0 / scores.shape[1]), where=total > 0)
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.array(self.classes_, dtype=object)[np.argmax(self.decision_function(X), axis=1)]
-
-    def merge(self, other: "RidgeHead") -> "RidgeHead":
-        """Fold in a model trained on other rows: the result equals training on both."""
-        _check_mergeable(self, other)
-        if self.random_features is not None:
+    def merge(self, other: "RidgeHead") -> "RidgeHead":  # type: ignore[override]
+        """Fold in a model trained on other rows (same random projection): equals training on both."""
+        if self.random_features is not None and other.projection_ is not None:
             if self.projection_ is None:
                 self.projection_ = other.projection_
-            elif other.projection_ is not None and not np.array_equal(self.projection_, other.projection_):
+            elif not np.array_equal(self.projection_, other.projection_):
                 raise HeadError("cannot merge ridge models with different random projections")
-        if self.n_features_in_ is None:
-            self.n_features_in_ = other.n_features_in_
-        mapping = self._class_indices(other.classes_)
-        self.stats_.merge(other.stats_, mapping)
-        self.rows_seen_ += other.rows_seen_
-        self._cache = None
+        super().merge(other)
         return self
 
     def describe(self) -> dict[str, Any]:

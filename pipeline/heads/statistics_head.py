@@ -1,0 +1,89 @@
+"""What the exemplar-free heads share: a linear rule computed from :class:`ClassStatistics`.
+
+Subclasses say how to turn the statistics into ``(coef, intercept, setting)``
+(``_solve``) and, optionally, how rows are mapped before counting
+(``_features``); learning, caching, prediction and exact merging live here.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Sequence
+
+import numpy as np
+
+from pipeline.errors import HeadError
+from pipeline.heads.base import Head
+from pipeline.heads.class_stats import ClassStatistics
+
+
+class StatisticsHead(Head):
+    mergeable = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats_: ClassStatistics | None = None
+        self._cache: tuple[np.ndarray, np.ndarray, float] | None = None
+
+    # -- hooks -----------------------------------------------------------------
+    def _features(self, X: np.ndarray) -> np.ndarray:
+        return X
+
+    def _stats_dim(self) -> int:
+        return self.n_features_in_ or 0
+
+    def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
+        raise NotImplementedError
+
+    # -- learning --------------------------------------------------------------
+    def _add_class(self, label: Hashable) -> None:
+        if self.stats_ is None:
+            self.stats_ = ClassStatistics(self._stats_dim())
+        self.stats_.add_class()
+
+    def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        ks = self._class_indices(y)
+        self.stats_.update(self._features(X), ks)
+        self._cache = None
+
+    # -- prediction --------------------------------------------------------------
+    def _coefficients(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(coef (C, D), intercept (C,), the shrinkage or lambda used)``, cached until new rows."""
+        if self._cache is None:
+            self._cache = self._solve()
+        return self._cache
+
+    @property
+    def coef_(self) -> np.ndarray:
+        return self._coefficients()[0]
+
+    @property
+    def intercept_(self) -> np.ndarray:
+        return self._coefficients()[1]
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        coef, intercept, _ = self._coefficients()
+        return np.asarray(self._features(self._check_X(X)), np.float64) @ coef.T + intercept
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.array(self.classes_, dtype=object)[np.argmax(self.decision_function(X), axis=1)]
+
+    # -- merging -----------------------------------------------------------------
+    def _check_mergeable(self, other: "StatisticsHead") -> None:
+        if type(self) is not type(other):
+            raise HeadError(f"cannot merge a {other.name} model into a {self.name} model")
+        if self.settings() != other.settings():
+            raise HeadError(f"cannot merge models with different settings: {self.settings()} vs {other.settings()}")
+        if None not in (self.n_features_in_, other.n_features_in_) and self.n_features_in_ != other.n_features_in_:
+            raise HeadError(f"cannot merge models of {self.n_features_in_} and {other.n_features_in_} features")
+
+    def merge(self, other: "StatisticsHead") -> "StatisticsHead":
+        """Fold in a model trained on other rows: the result equals training on both."""
+        self._check_mergeable(other)
+        if self.n_features_in_ is None:
+            self.n_features_in_ = other.n_features_in_
+        mapping = self._class_indices(other.classes_)
+        self.stats_.merge(other.stats_, mapping)
+        self.rows_seen_ += other.rows_seen_
+        self._cache = None
+        return self
