@@ -169,7 +169,8 @@ def build_backbone(
     identity = weights_identity(weights)
     size = image_size or spec.input_size
     keras = _keras()
-    if mixed_precision:
+    previous_policy = keras.mixed_precision.global_policy()
+    if mixed_precision:  # layers keep the policy they were built with; restored below
         keras.mixed_precision.set_global_policy("mixed_float16")
     kwargs: dict[str, Any] = {
         "include_top": False,
@@ -183,6 +184,8 @@ def build_backbone(
         model = getattr(keras.applications, spec.constructor)(**kwargs)
     except (ValueError, OSError) as exc:
         raise BackboneError(f"cannot build {name} with weights={weights!r}, alpha={alpha}, image size {size}: {exc}") from None
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     if pooling == "none":
         model = _pool(keras, model, "none")
         warnings.warn(

@@ -74,3 +74,16 @@ def test_user_model_named_and_default_layer(tmp_path):
     (tmp_path / "bad.keras").write_text("junk")
     with pytest.raises(BackboneError, match="cannot load"):
         load_user_model(tmp_path / "bad.keras")
+
+
+def test_mixed_precision_gives_float32_features_close_to_full_precision():
+    x = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    full = build_backbone("mobilenet", "none", alpha=0.25, image_size=64)
+    half = build_backbone("mobilenet", "none", alpha=0.25, image_size=64, mixed_precision=True)
+    half.model.set_weights(full.model.get_weights())
+    a, b = full.embed(x), half.embed(x)
+    assert b.dtype == np.float32 and half.info["mixed_precision"]
+    np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)
+    import keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"  # not leaked to later models
