@@ -13,6 +13,11 @@ import click
 from pipeline.errors import PipelineError
 
 
+INTERRUPT_HINTS = {
+    "extract_features_cmd": "finished shards are kept; rerun the same command to continue",
+}
+
+
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the library's typed errors into ``click.ClickException`` (no traceback)."""
 
@@ -23,7 +28,8 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted: finished work is saved; rerun the same command to continue", err=True)
+            hint = INTERRUPT_HINTS.get(func.__name__)
+            click.echo("\ninterrupted" + (f": {hint}" if hint else ""), err=True)
             sys.exit(130)
 
     return wrapper

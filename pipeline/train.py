@@ -135,6 +135,7 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
         log(f"rows {state.rows}: progressive accuracy {_fmt(entry['progressive_accuracy'])}"
             + (f", held-out accuracy {_fmt(entry['heldout_accuracy'])}" if held is not None else ""))
 
+    consistent = True
     try:
         while state.task < len(tasks):
             task_stream = train_stream.with_options(classes=tasks[state.task] if incremental else None)
@@ -148,6 +149,7 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
                                 stop = min(stop, start + boundary - state.rows)
                         X, y, paths = batch.X[start:stop], batch.y[start:stop], batch.paths[start:stop]
                         t1 = time.perf_counter()
+                        consistent = False  # a Ctrl-C from here on may leave the head half-updated
                         if replay is not None:
                             Xm, ym, own = replay.mix(X, y, paths, (state.task, state.epoch, state.rows))
                             preds = head.progressive_fit(Xm, ym)[own]
@@ -158,6 +160,7 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
                         state.progressive_rows += len(y)
                         state.rows += len(y)
                         state.rows_in_epoch += len(y)
+                        consistent = True
                         bar.update(len(y))
                         bar.set_postfix(progressive=_fmt(_ratio(state.progressive_correct, state.progressive_rows)),
                                         refresh=False)
@@ -182,8 +185,12 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
     except KeyboardInterrupt:
         bar.close()
         if opts.model_out is not None and opts.checkpoint_every:
-            _save(model, state, opts.model_out)
-            log(f"interrupted: checkpoint saved to {opts.model_out}; rerun with --resume {opts.model_out} to continue")
+            if consistent:
+                _save(model, state, opts.model_out)
+                log(f"interrupted: checkpoint saved to {opts.model_out} at row {state.rows}")
+            else:
+                log(f"interrupted during an update: the last checkpoint in {opts.model_out} is kept")
+            log(f"rerun with --resume {opts.model_out} (same stores and options) to continue")
         raise
     bar.close()
     elapsed = time.perf_counter() - t0
