@@ -19,10 +19,16 @@ from pipeline.heads.class_stats import ClassStatistics
 class StatisticsHead(Head):
     mergeable = True
 
+    # Progressive validation predicts each chunk before learning it. Solving costs about D^3/3
+    # (0.15 s at D=2048, 1 s with GCV), so those predictions use a solution refreshed only when
+    # the rows seen grew by this factor or a class appeared; held-out evaluation is always exact.
+    progressive_refresh = 1.25
+
     def __init__(self) -> None:
         super().__init__()
         self.stats_: ClassStatistics | None = None
         self._cache: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._progressive: tuple[np.ndarray, np.ndarray, int, int] | None = None
 
     # -- hooks -----------------------------------------------------------------
     def _features(self, X: np.ndarray) -> np.ndarray:
@@ -67,6 +73,20 @@ class StatisticsHead(Head):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.array(self.classes_, dtype=object)[np.argmax(self.decision_function(X), axis=1)]
+
+    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray,
+                        paths: Sequence[str] | None = None) -> np.ndarray:
+        X = self._check_X(X)
+        preds = np.full(len(X), None, dtype=object)
+        if self.classes_:
+            p = self._progressive
+            if p is None or len(self.classes_) != p[3] or self.stats_.n >= self.progressive_refresh * p[2]:
+                coef, intercept, _ = self._coefficients()
+                p = self._progressive = (coef, intercept, self.stats_.n, len(self.classes_))
+            scores = np.asarray(self._features(X), np.float64) @ p[0].T + p[1]
+            preds = np.array(self.classes_, dtype=object)[np.argmax(scores, axis=1)]
+        self.partial_fit(X, y, paths)
+        return preds
 
     # -- merging -----------------------------------------------------------------
     def _check_mergeable(self, other: "StatisticsHead") -> None:
