@@ -107,7 +107,7 @@ Examples:
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the image order shuffle.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the sorted file order.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Decoding threads.")
-@click.option("--checkpoint-rows", type=click.IntRange(1), default=1024, show_default=True,
+@click.option("--checkpoint-rows", type=click.IntRange(1), default=256, show_default=True,
               help="Rows per resumable shard: an interrupted run redoes at most this many.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store or partial run.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")

@@ -184,8 +184,8 @@ def extract_features(
     dtype: str = "float32",
     compression: str | None = None,
     workers: int = 2,
-    checkpoint_rows: int = 1024,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_rows: int = 256,
+    checkpoint_seconds: float = 30.0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> ExtractResult:

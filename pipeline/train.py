@@ -109,6 +109,9 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
         log(f"continuing an interrupted run at task {state.task + 1}, epoch {state.epoch + 1}, "
             f"row {state.rows_in_epoch} ({state.rows} rows already learnt)")
     else:
+        if previous.get("key") == key:
+            log("this model already finished a run on these stores with these options: learning them again "
+                "(another pass over the same rows)")
         state = RunState(key=key)
     tasks = opts.tasks or [sorted(train_stream.classes)]
     if opts.replay and model.replay is None:
