@@ -16,6 +16,7 @@ import math
 from typing import Any, Hashable, Sequence
 
 import numpy as np
+from scipy.linalg.blas import dger
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
@@ -197,7 +198,10 @@ class OnlineLinearModel:
                     self.add_class()  # River: a new label's probability is 0 in this step
                 g = np.clip(p, _P_MIN, _P_MAX)
                 g[k] -= 1.0
-                G = np.multiply.outer(g, z)
+                if sgd:
+                    self._sgd_outer(g, z, lr, l2)
+                    continue
+                G = np.multiply.outer(g, z, out=self._scratch())
                 if l2:
                     G += l2 * self.W
             else:
@@ -221,11 +225,33 @@ class OnlineLinearModel:
                     sign[k] = 1.0
                     g = np.clip(_log_gradient(raw, sign), -clip, clip)
                     self.b -= ilr * g
-                    G = np.multiply.outer(g, z)
+                    if sgd:
+                        self._sgd_outer(g, z, lr, l2)
+                        continue
+                    G = np.multiply.outer(g, z, out=self._scratch())
                 if l2:
                     G += l2 * self.W
             self._step(G, sgd, lr, b1, b2, eps)
         return preds
+
+    def _sgd_outer(self, g: np.ndarray, z: np.ndarray, lr: float, l2: float) -> None:
+        """SGD on every class row: W -= lr * (g z^T + l2 W), as one in-place BLAS rank-1 update."""
+        if l2:
+            self.W *= 1.0 - lr * l2
+        dger(-lr, z, g, a=self.W.T, overwrite_a=1)  # W.T is a Fortran-ordered view: updated in place
+        self.t += 1
+
+    def _scratch(self) -> np.ndarray:
+        """A reusable (classes, dim) buffer: allocating megabytes per row costs more than the update."""
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf.shape != self.W.shape:
+            buf = self._buf = np.empty_like(self.W)
+        return buf
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_buf", None)
+        return state
 
     def _step(self, G: np.ndarray, sgd: bool, lr: float, b1: float, b2: float, eps: float) -> None:
         if sgd:
