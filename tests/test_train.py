@@ -130,3 +130,17 @@ def test_numpy_and_river_engines_agree_end_to_end(tmp_path):
         assert m[0]["heldout"]["accuracy"] == m[1]["heldout"]["accuracy"]
         assert m[0]["progressive"]["accuracy"] == m[1]["progressive"]["accuracy"]
         assert m[0]["learning_curve"] == m[1]["learning_curve"]
+
+
+def test_epochs_and_unlabelled_rows(tmp_path):
+    import h5py
+
+    store = make_blobs_store(tmp_path / "s.h5", 400, 8, ["a", "b"])
+    with h5py.File(store, "a") as f:
+        labels = f["labels"][:]
+        labels[:50] = -1  # unlabelled rows are never learnt
+        f["labels"][:] = labels
+    notes = []
+    m = run_training([store], head="logreg", epochs=3, echo=notes.append, out=lambda s: None, quiet=True)
+    assert m["rows_this_run"] == 3 * 350 and m["rows_seen"] == 1050
+    assert any("50 unlabelled rows skipped" in n for n in notes)
