@@ -183,12 +183,12 @@ class OnlineLinearModel:
                 else:
                     p = 1.0 / (1.0 + math.exp(-raw[0])) if -30 <= raw[0] <= 30 else float(raw[0] > 30)
                     preds[r] = int(p > 1.0 - p)
+            if self.scale:  # River's pipeline: the scaler learns the row, then transforms it
+                self._learn_scaler(x)
+                z = (x - self.mean) / self.std
+            else:
+                z = x
             if softmax:
-                if self.scale:
-                    self._learn_scaler(x)
-                    z = (x - self.mean) / self.std
-                else:
-                    z = x
                 raw = self.W @ z
                 p = np.zeros(self.n_classes + (k == self.n_classes))
                 if len(raw):
@@ -198,40 +198,24 @@ class OnlineLinearModel:
                     self.add_class()  # River: a new label's probability is 0 in this step
                 g = np.clip(p, _P_MIN, _P_MAX)
                 g[k] -= 1.0
-                if sgd:
-                    self._sgd_outer(g, z, lr, l2)
-                    continue
-                G = np.multiply.outer(g, z, out=self._scratch())
-                if l2:
-                    G += l2 * self.W
             else:
-                if self.scale:
-                    self._learn_scaler(x)
-                    z = (x - self.mean) / self.std
-                else:
-                    z = x
                 if k == self.n_classes:
                     self.add_class()
                 if self.binary:
-                    raw1 = float(self.W[0] @ z) + self.b[0]
-                    lg = _log_gradient_one(raw1, k == 1)
-                    lg = min(max(lg, -clip), clip)
-                    self.b[0] -= ilr * lg
-                    G = (z * lg)[None, :]
-                    g = np.array([lg])
+                    lg = _log_gradient_one(float(self.W[0] @ z) + self.b[0], k == 1)
+                    g = np.array([min(max(lg, -clip), clip)])
                 else:
-                    raw = self.W @ z + self.b
                     sign = np.full(self.n_classes, -1.0)
                     sign[k] = 1.0
-                    g = np.clip(_log_gradient(raw, sign), -clip, clip)
-                    self.b -= ilr * g
-                    if sgd:
-                        self._sgd_outer(g, z, lr, l2)
-                        continue
-                    G = np.multiply.outer(g, z, out=self._scratch())
+                    g = np.clip(_log_gradient(self.W @ z + self.b, sign), -clip, clip)
+                self.b -= ilr * g
+            if sgd:
+                self._sgd_outer(g, z, lr, l2)
+            else:
+                G = np.multiply.outer(g, z, out=self._scratch())
                 if l2:
                     G += l2 * self.W
-            self._step(G, sgd, lr, b1, b2, eps)
+                self._step(G, sgd, lr, b1, b2, eps)
         return preds
 
     def _sgd_outer(self, g: np.ndarray, z: np.ndarray, lr: float, l2: float) -> None:
