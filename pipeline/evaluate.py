@@ -50,11 +50,6 @@ class Evaluation:
         self.log_loss_sum += float(-np.log(np.clip(p_true, _EPS, 1.0)).sum())
         self.rows += len(y_true)
 
-    def update_labels(self, y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> None:
-        """Fold in hard predictions only (no log loss), e.g. progressive validation."""
-        self.pairs.update(zip(y_true, y_pred))
-        self.rows += len(y_true)
-
     @property
     def correct(self) -> int:
         return sum(n for (t, p), n in self.pairs.items() if t == p)

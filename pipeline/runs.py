@@ -24,11 +24,9 @@ HEAD_OPTIONS = ("optimizer", "lr", "l2", "batch_size", "memory", "class_means", 
                 "ridge_lambda", "random_features")
 
 
-def _head_options(params: dict[str, Any], head: str | None) -> dict[str, Any]:
+def _head_options(params: dict[str, Any]) -> dict[str, Any]:
+    """Head options given on the command line (make_head keeps those the head takes)."""
     opts = {k: params.get(k) for k in HEAD_OPTIONS if params.get(k) is not None}
-    if head in ("logreg", "softmax"):
-        opts.pop("memory", None)  # --memory sizes the replay memory of linear heads
-        opts.pop("pool_size", None)
     if params.get("no_scale"):
         opts["scale"] = False
     return opts
@@ -71,10 +69,10 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
             check_model_fits(model, train_stream, "the training stores")
             echo(f"resuming {model.head_name} from {resume}: {model.head.rows_seen_} rows seen, "
                  f"{len(model.classes)} classes")
-            options = _head_options(head_params, model.head_name)
+            options = _head_options(head_params)
         else:
             head = head or "logreg"
-            options = _head_options(head_params, head)
+            options = _head_options(head_params)
             model = TrainedModel(make_head(head, engine, train_stream.feature_dim, **options), head,
                                  {**backbone_metadata(train_stream.meta), "feature_dim": train_stream.feature_dim})
         head_name = model.head_name

@@ -55,7 +55,6 @@ class StoreScan:
 
     rows: int
     unlabelled: int
-    non_finite: int
     class_counts: dict[str, int]
 
 
@@ -182,7 +181,7 @@ class FeatureStream:
         if bad:
             raise StoreError(f"{bad} of {rows} rows hold NaN or infinite features in "
                              f"{', '.join(str(p) for p in self.paths)}; re-extract those stores")
-        return StoreScan(rows, unlabelled, bad, dict(sorted(counts.items())))
+        return StoreScan(rows, unlabelled, dict(sorted(counts.items())))
 
     def close(self) -> None:
         for store in self.stores:

@@ -129,9 +129,9 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
     bar = tqdm(total=None, unit="row", desc=f"train {model.head_name}", disable=not opts.progress,
                file=sys.stderr, initial=state.rows)
 
-    def point() -> None:
-        seen = _seen(tasks, state.task) if incremental else None
-        held = evaluate_head(head, test_stream, seen) if test_stream is not None else None
+    def point(held: Evaluation | None = None) -> None:
+        if held is None and test_stream is not None:
+            held = evaluate_head(head, test_stream, _seen(tasks, state.task) if incremental else None)
         entry = {"rows_seen": state.rows, "progressive_accuracy": _ratio(state.progressive_correct, state.progressive_rows),
                  "heldout_accuracy": held.accuracy if held is not None and held.rows else None}
         state.curve.append(entry)
@@ -198,9 +198,9 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
     bar.close()
     elapsed = time.perf_counter() - t0
     state.done = True
-    if not state.curve or state.curve[-1]["rows_seen"] != state.rows:
-        point()
     held = evaluate_head(head, test_stream)
+    if not state.curve or state.curve[-1]["rows_seen"] != state.rows:
+        point(held)
     model.history.extend(state.curve)
     metrics: dict[str, Any] = {
         "head": model.head_name,

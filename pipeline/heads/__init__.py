@@ -28,6 +28,9 @@ def default_lr(optimizer: str, n_features: int | None) -> float:
     return 1.0 / n_features if n_features else 1e-3
 
 
+LINEAR_OPTIONS = ("optimizer", "lr", "l2", "scale", "batch_size")
+
+
 def make_head(name: str, engine: str = "numpy", n_features: int | None = None, **options: Any) -> Head:
     """Build a head by name, e.g. ``make_head("softmax", lr=0.005)``."""
     options = {k: v for k, v in options.items() if v is not None}
@@ -35,8 +38,7 @@ def make_head(name: str, engine: str = "numpy", n_features: int | None = None, *
     if name in ("logreg", "softmax"):
         if engine not in ENGINES:
             raise HeadError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
-        params = {"optimizer": "sgd", "l2": 0.0,
-                  **{k: v for k, v in options.items() if k in ("optimizer", "lr", "l2", "scale", "batch_size")}}
+        params = {"optimizer": "sgd", "l2": 0.0, **{k: v for k, v in options.items() if k in LINEAR_OPTIONS}}
         params.setdefault("lr", default_lr(params["optimizer"], n_features))
         if engine == "river":
             from pipeline.heads.river_linear import RiverLinearHead
@@ -62,8 +64,7 @@ def make_head(name: str, engine: str = "numpy", n_features: int | None = None, *
 
 def _only(options: dict[str, Any], allowed: tuple[str, ...], head: str) -> dict[str, Any]:
     """Keep the options a head takes; linear-model options given to another head are an error."""
-    linear = {"optimizer", "lr", "l2", "scale", "batch_size"}
-    wrong = sorted(k for k in options if k in linear and k not in allowed)
+    wrong = sorted(k for k in options if k in LINEAR_OPTIONS and k not in allowed)
     if wrong:
         raise HeadError(f"--head {head} does not take {', '.join('--' + w.replace('_', '-') for w in wrong)}")
     return {k: v for k, v in options.items() if k in allowed}

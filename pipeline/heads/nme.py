@@ -45,7 +45,6 @@ class NMEHead(Head):
         self.memory, self.class_means, self.pool_size, self.seed = memory, class_means, pool_size, seed
         self.sums_: np.ndarray | None = None      # (classes, d) sums of normalised rows
         self.counts_ = np.zeros(0, np.int64)
-        self.sq_dev_ = 0.0                         # sum of |z|^2 over rows, for the spread
         self.memory_ = ExemplarMemory(memory)
         self.pools_ = ClassPools(pool_size, seed)
         self._means: np.ndarray | None = None
