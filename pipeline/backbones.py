@@ -1,14 +1,12 @@
 """The backbone registry: a Keras CNN that turns RGB batches into feature vectors.
 
-This is the only module that imports Keras, and it does so lazily, so the
-store, the stream and the heads load without TensorFlow.
+Keras comes from :mod:`pipeline.keras_runtime`, lazily, so the store, the
+stream and the heads load without TensorFlow.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.errors import BackboneError
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from pipeline.keras_runtime import device as _device
+from pipeline.keras_runtime import keras as _keras
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     "convnexttiny": BackboneSpec("ConvNeXtTiny", "convnext", "none: normalisation is inside the model", 224, 768),
 }
 POOLINGS = ("avg", "max", "none")
+DEFAULT_BATCH_SIZE = 32
 
 
 def file_sha256(path: str | Path) -> str:
@@ -85,57 +84,30 @@ class Backbone:
         self.name: str = info["backbone"]
         self.input_size: tuple[int, int] = tuple(info["input_size"])  # type: ignore[assignment]
         self.feature_dim: int = int(info["feature_dim"])
-        self.batch_size: int | None = None
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         return self._preprocess(images.astype(np.float32, copy=True))
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
+    def embed(self, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Features of a ``(n, h, w, 3)`` uint8 batch, as float32 ``(n, feature_dim)``.
 
-        Short batches are padded to the first batch's size so that the
-        compiled predict function is traced once and every image is computed
-        in a batch of the same shape (bitwise-stable features on resume).
+        Images go through the model ``batch_size`` at a time and a short last
+        batch is padded to ``batch_size``: every image is computed in a batch
+        of the same shape, so features do not depend on what was embedded
+        before (bitwise-stable on resume) and the model is traced once.
         """
         n = len(images)
-        if self.batch_size is None:
-            self.batch_size = n
-        x = self.preprocess(images)
-        if n < self.batch_size:
-            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
-        out = self.model.predict_on_batch(x)
-        out = np.asarray(out, dtype=np.float32).reshape(len(x), -1)
-        return out[:n]
-
-
-def _keras() -> Any:
-    if "keras" not in sys.modules and not os.environ.get("PIPELINE_TF_LOGS"):
-        # TensorFlow's C++ start-up notes (oneDNN, CUDA probing) bypass TF_CPP_MIN_LOG_LEVEL;
-        # silence the stderr file descriptor while importing. PIPELINE_TF_LOGS=1 shows them.
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        try:
-            import keras  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - install problem
-            raise BackboneError(f"Keras is not installed: {exc}") from None
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
-    import keras
-
-    return keras
-
-
-def _device() -> str:
-    keras = _keras()
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        return f"GPU x{len(gpus)}" if gpus else "CPU"
-    return keras.backend.backend()
+        if n == 0:
+            return np.zeros((0, self.feature_dim), np.float32)
+        out = []
+        for start in range(0, n, batch_size):
+            x = self.preprocess(images[start:start + batch_size])
+            k = len(x)
+            if k < batch_size:
+                x = np.concatenate([x, np.zeros((batch_size - k, *x.shape[1:]), x.dtype)])
+            y = np.asarray(self.model.predict_on_batch(x), dtype=np.float32).reshape(len(x), -1)
+            out.append(y[:k])
+        return np.concatenate(out) if len(out) > 1 else out[0]
 
 
 def _pool(keras: Any, model: Any, pooling: str) -> Any:
@@ -275,3 +247,37 @@ def backbone_from_info(info: dict[str, Any], weights: str | None = None, model_p
     if bb.info["weights"] != info["weights"]:
         raise BackboneError(f"weights differ from those the features were made with: expected {info['weights']}, got {bb.info['weights']}")
     return bb
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A picklable recipe for a backbone: workers rebuild the model from it, never receive one.
+
+    Either a registry ``name`` (with ``weights``, ``alpha``, ``image_size``,
+    ``pooling``, ``mixed_precision``) or a user ``model_path`` (with ``layer``).
+    """
+
+    name: str = "resnet50"
+    weights: str = "imagenet"
+    alpha: float | None = None
+    image_size: int | None = None
+    pooling: str = "avg"
+    mixed_precision: bool = False
+    model_path: str | None = None
+    layer: str | None = None
+
+    def build(self) -> Backbone:
+        if self.model_path is not None:
+            return load_user_model(self.model_path, self.layer, self.pooling)
+        return build_backbone(self.name, self.weights, self.alpha, self.image_size, self.pooling,
+                              self.mixed_precision)
+
+
+_BUILT: dict[BackboneConfig, Backbone] = {}
+
+
+def backbone_for(config: BackboneConfig) -> Backbone:
+    """The backbone of ``config``, built once per process and cached."""
+    if config not in _BUILT:
+        _BUILT[config] = config.build()
+    return _BUILT[config]

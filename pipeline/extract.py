@@ -277,7 +277,7 @@ def extract_features(
                 skipped = [(source.paths[i], a) for i, a in zip(idx, decoded) if isinstance(a, str)]
                 t0 = time.perf_counter()
                 if good:
-                    feats = backbone.embed(np.stack([a for _, a in good]))
+                    feats = backbone.embed(np.stack([a for _, a in good]), batch_size)
                 else:
                     feats = np.zeros((0, backbone.feature_dim), np.float32)
                 embed_s += time.perf_counter() - t0

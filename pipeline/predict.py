@@ -58,7 +58,7 @@ def predict_images(model: TrainedModel, backbone: Backbone, files: list[Path],
                 ok.append(f)
             except Exception as exc:  # reported per file, the run goes on
                 failed[f] = f"{type(exc).__name__}: {exc}"
-        proba = model.head.predict_proba(backbone.embed(np.stack(arrays))) if arrays else np.zeros((0, 0))
+        proba = model.head.predict_proba(backbone.embed(np.stack(arrays), batch_size)) if arrays else np.zeros((0, 0))
         rows = {f: proba[i] for i, f in enumerate(ok)}
         for f in group:
             if f in failed:

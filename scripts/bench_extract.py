@@ -41,13 +41,13 @@ def bench(name: str, source: Path, batch: int, repeats: int) -> dict:
     listed = list_images(source)
     files = [source / p for p in listed.paths]
     images = np.stack([decode_image(f, bb.input_size) for f in files])
-    bb.embed(images[:batch])  # trace the predict function once
+    bb.embed(images[:batch], batch)  # trace the predict function once
     raw_rates, e2e_rates = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             t0 = time.perf_counter()
             for s in range(0, len(images), batch):
-                bb.embed(images[s:s + batch])
+                bb.embed(images[s:s + batch], batch)
             raw_rates.append(len(images) / (time.perf_counter() - t0))
             out = Path(tmp) / f"{name}-{r}.h5"
             t0 = time.perf_counter()

@@ -1,0 +1,15 @@
+"""Command-line interface: parse, call the library, print. No logic lives here.
+
+One module per command family; each command is registered on the ``pipeline`` group here.
+"""
+
+from pipeline.cli.common import friendly_errors, main
+from pipeline.cli.extract import extract_features_cmd
+from pipeline.cli.models import evaluate_cmd, merge_cmd, predict_cmd
+from pipeline.cli.train import train_incremental_cmd
+
+for _cmd in (extract_features_cmd, train_incremental_cmd, evaluate_cmd, predict_cmd, merge_cmd):
+    main.add_command(_cmd)
+
+__all__ = ["main", "friendly_errors", "extract_features_cmd", "train_incremental_cmd", "evaluate_cmd",
+           "predict_cmd", "merge_cmd"]

@@ -1,0 +1,80 @@
+"""extract-features: images -> feature store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import _show_warnings, friendly_errors
+
+
+EXTRACT_EPILOG = """\b
+Examples:
+  extract-features data/dogs-vs-cats/train -o data/dvc.h5
+  extract-features ../shared/data/dogs-vs-cats/train -o data/dvc.h5 --backbone mobilenet \\
+      --alpha 0.25 --image-size 128 --weights ../shared/weights/mobilenet_0.25_128_imagenet_no_top.weights.h5
+  extract-features photos/ -o mine.h5 --model my_model.keras --layer global_average_pooling2d
+"""
+
+
+@click.command("extract-features", epilog=EXTRACT_EPILOG)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The HDF5 feature store to write.")
+@click.option("--layout", type=click.Choice(["auto", "folder", "kaggle", "csv"]), default="auto", show_default=True,
+              help="folder: ROOT/<class>/*.jpg; kaggle: ROOT/cat.1.jpg; csv: a path,label manifest.")
+@click.option("--backbone", default="resnet50", show_default=True, help="A keras.applications backbone (see --list-backbones).")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local .weights.h5 file.")
+@click.option("--alpha", type=float, default=None, help="Width multiplier (MobileNet families).")
+@click.option("--image-size", type=int, default=None, help="Square input side (default: the backbone's own).")
+@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True,
+              help="none keeps the flattened feature map (large).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Your own Keras model (.keras) as the backbone, loaded in safe mode.")
+@click.option("--layer", default=None, help="With --model: the layer whose output is the feature (default: the one before the last).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--mixed-precision", is_flag=True, help="float16 compute (useful on GPUs).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Stored feature type; float16 halves the file.")
+@click.option("--compression", type=click.Choice(["lzf", "gzip"]), default=None, help="HDF5 compression (slower reads).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the image order shuffle.")
+@click.option("--no-shuffle", is_flag=True, help="Keep the sorted file order.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Decoding threads.")
+@click.option("--checkpoint-rows", type=click.IntRange(1), default=256, show_default=True,
+              help="Rows per resumable shard: an interrupted run redoes at most this many.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store or partial run.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@friendly_errors
+def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, weights: str, alpha: float | None,
+                         image_size: int | None, pooling: str, model_path: Path | None, layer: str | None,
+                         batch_size: int, mixed_precision: bool, dtype: str, compression: str | None, seed: int,
+                         no_shuffle: bool, workers: int, checkpoint_rows: int, overwrite: bool, quiet: bool) -> None:
+    """Embed the images of SOURCE with a pre-trained CNN into a chunked HDF5 store.
+
+    Interrupt it at any time and rerun the same command to continue.
+    """
+    _show_warnings()
+    from pipeline.backbones import build_backbone, load_user_model
+    from pipeline.extract import extract_features
+    from pipeline.images import list_images
+
+    listed = list_images(source, layout)
+    if model_path is not None:
+        bb = load_user_model(model_path, layer, pooling)
+    else:
+        bb = build_backbone(backbone, weights, alpha, image_size, pooling, mixed_precision)
+    if not quiet:
+        click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout); "
+                   f"{bb.name} -> {bb.feature_dim}-d features on {bb.info['device']}", err=True)
+    res = extract_features(listed, out, bb, seed=seed, shuffle=not no_shuffle, batch_size=batch_size, dtype=dtype,
+                           compression=compression, workers=workers, checkpoint_rows=checkpoint_rows,
+                           overwrite=overwrite, progress=not quiet)
+    if quiet:
+        return
+    if res.already_complete:
+        click.echo(f"{out} is already complete ({res.rows} rows, {res.skipped} skipped); pass --overwrite to redo it")
+        return
+    resumed = f", resumed at file {res.resumed_at}" if res.resumed_at else ""
+    click.echo(f"wrote {res.rows} rows to {out} ({res.skipped} files skipped{resumed}) in "
+               f"{res.elapsed_s:.1f} s, {res.images_per_s:.1f} images/s")

@@ -1,0 +1,79 @@
+"""Commands on saved models: evaluate, predict, merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import friendly_errors
+
+
+EVALUATE_EPILOG = """\b
+Example:
+  pipeline evaluate model.pkl data/val.h5 --metrics-out eval.json
+  pipeline evaluate model.pkl data/dvc.h5 --holdout 0.3   # the held-out split used in training
+"""
+
+
+@click.command("evaluate", epilog=EVALUATE_EPILOG)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="Evaluate only the held-out split of the stores (same hash split as training).")
+@click.option("--metrics-out", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--allow-incomplete", is_flag=True)
+@friendly_errors
+def evaluate_cmd(model: Path, stores: tuple[Path, ...], holdout: float, metrics_out: Path | None,
+                 allow_incomplete: bool) -> None:
+    """Evaluate a saved MODEL on feature STORES (only load model files you trust)."""
+    from pipeline.runs import run_evaluation
+
+    run_evaluation(model, stores, holdout, metrics_out, allow_incomplete, out=click.echo)
+
+
+PREDICT_EPILOG = """\b
+Examples:
+  pipeline predict model.pkl photos/cat.1.jpg photos/dog.2.jpg
+  pipeline predict model.pkl photos/ --weights ../shared/weights/mobilenetv2_1.0_224_imagenet_no_top.weights.h5 --output preds.csv
+"""
+
+
+@click.command("predict", epilog=PREDICT_EPILOG)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--weights", default=None, help="Local weights file, when the model's features came from one.")
+@click.option("--model", "keras_model", default=None, help="The Keras model file, when the features came from --model.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write predictions to a .csv or .json file.")
+@friendly_errors
+def predict_cmd(model: Path, inputs: tuple[Path, ...], weights: str | None, keras_model: str | None,
+                batch_size: int, output: Path | None) -> None:
+    """Label raw images (files or folders) with a saved MODEL, end to end.
+
+    Only load model files you trust: they are pickles.
+    """
+    from pipeline.runs import run_prediction
+
+    run_prediction(model, inputs, weights, keras_model, batch_size, output, out=click.echo)
+
+
+MERGE_EPILOG = """\b
+Example:
+  pipeline merge shard-a.pkl shard-b.pkl -o all.pkl   # slda / ridge models of disjoint stores
+"""
+
+
+@click.command("merge", epilog=MERGE_EPILOG)
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@friendly_errors
+def merge_cmd(models: tuple[Path, ...], output: Path) -> None:
+    """Combine MODELS trained on disjoint stores into the model of their union (slda, ridge).
+
+    The result equals one model trained on all the stores. Only load model files you trust.
+    """
+    from pipeline.runs import run_merge
+
+    run_merge(models, output, out=click.echo)
