@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from pipeline.errors import ModelFileError, OptionError
 from pipeline.heads import make_head
-from pipeline.models import TrainedModel, backbone_metadata, load_model, save_model
+from pipeline.models import TrainedModel, backbone_metadata, load_model, migrate_model, save_model
 from pipeline.stream import FeatureStream, check_identity
 from pipeline.train import TrainOptions, check_model_fits, evaluate_head, make_tasks, train
 
@@ -39,7 +39,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
                  checkpoint_every: int = 0, resume: Path | None = None, allow_incomplete: bool = False,
                  quiet: bool = False, increment: int | None = None, tasks: str | None = None,
                  class_order: str | None = None, no_joint: bool = False, replay: bool = False,
-                 echo: Echo = print, out: Echo = print, **head_params: Any) -> dict[str, Any]:
+                 trust_pickle: bool = False, echo: Echo = print, out: Echo = print, **head_params: Any) -> dict[str, Any]:
     """Train (or continue) a head on feature stores; returns the metrics dictionary."""
     if checkpoint_every and model_out is None and resume is None:
         raise OptionError("--checkpoint-every needs --model-out (where to save the checkpoints)")
@@ -63,7 +63,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
              + (f"; {scan.unlabelled} unlabelled rows skipped" if scan.unlabelled else ""))
 
         if resume is not None:
-            model = load_model(resume)
+            model = load_model(resume, trust_pickle=trust_pickle)
             if head is not None and head != model.head_name:
                 raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
             check_model_fits(model, train_stream, "the training stores")
@@ -149,8 +149,8 @@ def write_json(data: dict[str, Any], path: Path) -> None:
 
 
 def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.0, metrics_out: Path | None = None,
-                   allow_incomplete: bool = False, out: Echo = print) -> dict[str, Any]:
-    model = load_model(model_path)
+                   allow_incomplete: bool = False, out: Echo = print, trust_pickle: bool = False) -> dict[str, Any]:
+    model = load_model(model_path, trust_pickle=trust_pickle)
     with FeatureStream(stores, allow_incomplete=allow_incomplete, holdout=holdout,
                        split="test" if holdout else "all") as stream:
         check_model_fits(model, stream, "the stores")
@@ -170,10 +170,10 @@ def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.
 
 def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None = None,
                    keras_model: str | None = None, batch_size: int = 32, output: Path | None = None,
-                   out: Echo = print) -> list[Any]:
+                   out: Echo = print, trust_pickle: bool = False) -> list[Any]:
     from pipeline.predict import collect_images, model_backbone, predict_images
 
-    model = load_model(model_path)
+    model = load_model(model_path, trust_pickle=trust_pickle)
     files = collect_images(list(inputs))
     backbone = model_backbone(model, weights, keras_model)
     if backbone.feature_dim != model.feature_dim:
@@ -193,11 +193,11 @@ def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None
     return preds
 
 
-def run_merge(paths: Sequence[Path], output: Path, out: Echo = print) -> TrainedModel:
+def run_merge(paths: Sequence[Path], output: Path, out: Echo = print, trust_pickle: bool = False) -> TrainedModel:
     """Merge saved slda / ridge models trained on disjoint data into one."""
     if len(paths) < 2:
         raise OptionError("merge needs at least two models")
-    models = [load_model(p) for p in paths]
+    models = [load_model(p, trust_pickle=trust_pickle) for p in paths]
     first = models[0]
     if not getattr(first.head, "mergeable", False):
         raise OptionError(f"{first.head_name} models cannot be merged exactly; only slda and ridge can")
@@ -210,3 +210,12 @@ def run_merge(paths: Sequence[Path], output: Path, out: Echo = print) -> Trained
     out(f"merged {len(models)} {first.head_name} models ({first.head.rows_seen_} rows, "
         f"{len(first.classes)} classes) into {output}")
     return first
+
+
+def run_migration(source: Path, output: Path, trust_pickle: bool = False, out: Echo = print) -> TrainedModel:
+    """Rewrite a model file (a version-1 pickle included) in the current, data-only format."""
+    model = migrate_model(source, output, trust_pickle=trust_pickle)
+    out(f"wrote {output}: {model.head_name} model, {len(model.classes)} classes, {model.head.rows_seen_} rows seen"
+        + ("; its River estimators are still stored as a pickle (--engine river has no data-only form), "
+           "so loading it needs --trust-pickle" if model.needs_pickle else "; it holds only data"))
+    return model

@@ -7,17 +7,15 @@ from typing import Any
 
 import click
 
-from pipeline.cli.common import AutoOrFloat, _show_warnings, friendly_errors
+from pipeline.cli.common import AutoOrFloat, _show_warnings, friendly_errors, trust_pickle_option
 
 
 TRAIN_EPILOG = """\b
 Examples:
   train-incremental data/dvc.h5 --head logreg --holdout 0.3 --metrics-out m.json --plot curve.png
-  train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.pkl
-  train-incremental data/new_classes.h5 --resume model.pkl --holdout 0.3
+  train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.model
+  train-incremental data/new_classes.h5 --resume model.model --holdout 0.3
   train-incremental data/train.h5 --head nme --increment 2 --test data/val.h5 --plot matrix.png
-
-Saved models are pickles: only load (--resume) model files you trust.
 """
 
 
@@ -77,6 +75,7 @@ def _parse_list(value: str | None) -> list[str] | None:
 @click.option("--random-features", type=click.IntRange(1), default=None,
               help="ridge: RanPAC random ReLU projection to M dimensions before the ridge.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
+@trust_pickle_option
 @friendly_errors
 def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, engine: str, optimizer: str | None,
                           lr: float | None, l2: float | None, no_scale: bool, batch_size: int | None, holdout: float,
