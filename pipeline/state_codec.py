@@ -135,7 +135,7 @@ class Encoder:
     def _dict(self, value: dict, path: str) -> Any:
         if all(type(k) is str and not k.startswith("__") for k in value):
             return {k: self.encode(v, f"{path}/{k}") for k, v in value.items()}
-        return {"__dict__": [[self.encode(k, path), self.encode(v, f"{path}/{i}")]
+        return {"__dict__": [[self.encode(k, path), self.encode(v, f"{path}/{_key_name(k, i)}")]
                              for i, (k, v) in enumerate(value.items())]}
 
     def _object(self, value: Any, path: str) -> Any:
@@ -145,6 +145,11 @@ class Encoder:
             raise CodecError(f"{path}: the state of {class_name(type(value))} is not a dict of attributes")
         return {"__object__": class_name(type(value)), "ref": ref,
                 "state": {k: self.encode(v, f"{path}/{k}") for k, v in state.items()}}
+
+
+def _key_name(key: Any, index: int) -> str:
+    """How a dict key shows in array names: itself when it is a string or an integer."""
+    return str(key) if isinstance(key, (str, int, np.integer)) and not isinstance(key, bool) else str(index)
 
 
 class Decoder:
