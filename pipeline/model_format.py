@@ -65,7 +65,7 @@ class Container:
             raise ModelFileError(f"{path} is truncated or damaged ({exc})") from None
         try:
             self.document = json.loads(self._read(DOCUMENT, MAX_DOCUMENT_BYTES))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             self.close()
             raise ModelFileError(f"{path}: {DOCUMENT} is not valid JSON ({exc})") from None
         except ModelFileError:

@@ -190,11 +190,12 @@ class Decoder:
         return self._refs[key]
 
     def _objects(self, value: dict) -> np.ndarray:
-        out = np.empty(tuple(int(n) for n in value["__objects__"]), dtype=object)
+        shape = tuple(int(n) for n in value["__objects__"])
+        if any(n < 0 for n in shape) or math.prod(shape) != len(value["items"]):
+            raise CodecError(f"an object array of shape {shape} holds {len(value['items'])} items")
+        out = np.empty(shape, dtype=object)
         self._refs[str(value["ref"])] = out
         items = [self.decode(v) for v in value["items"]]
-        if len(items) != out.size:
-            raise CodecError("an object array holds the wrong number of items")
         flat = out.reshape(-1)
         for i, item in enumerate(items):
             flat[i] = item
@@ -205,8 +206,8 @@ class Decoder:
         obj = cls.__new__(cls)
         self._refs[str(value["ref"])] = obj
         state = value["state"]
-        if not isinstance(state, dict):
-            raise CodecError(f"the state of {value['__object__']} is not a dict of attributes")
+        if not isinstance(state, dict) or any(k.startswith("__") for k in state):
+            raise CodecError(f"the state of {value['__object__']} is not a dict of plain attributes")
         state = {str(k): self.decode(v) for k, v in state.items()}
         setstate = getattr(obj, "__setstate__", None)
         if setstate is not None:

@@ -217,6 +217,12 @@ def test_wrong_payloads_and_other_files_are_one_line_errors(tmp_path, saved):
     def future(doc):
         doc["format_version"] = 99
 
+    def dunder(doc):
+        doc["model"]["head"]["state"]["__class__"] = "x"
+
+    def huge_objects(doc):
+        doc["model"]["progress"] = {"__objects__": [10**12], "ref": "r", "items": []}
+
     store = make_blobs_store(tmp_path / "s.h5", 20, DIM, ["a", "b"])
     files = {
         "truncated": (data[: len(data) // 2], "truncated or damaged"),
@@ -231,15 +237,18 @@ def test_wrong_payloads_and_other_files_are_one_line_errors(tmp_path, saved):
         "other format": (rewrite(saved, tmp_path / "x3", no_format).read_bytes(), "not a model file saved by"),
         "newer": (rewrite(saved, tmp_path / "x4", future).read_bytes(), "reads up to 2"),
         "bad json": (None, "not valid JSON"),
+        "deep json": (None, "maximum recursion depth"),
+        "dunder state": (rewrite(saved, tmp_path / "x5", dunder).read_bytes(), "not a dict of plain attributes"),
+        "huge object array": (rewrite(saved, tmp_path / "x6", huge_objects).read_bytes(), "holds 0 items"),
     }
     for what, (content, message) in files.items():
         path = tmp_path / f"{what.replace(' ', '_')}.model"
         if what == "npz":
             np.savez(path, a=np.zeros(3))
             path = path.with_name(path.name + ".npz")
-        elif what == "bad json":
+        elif what in ("bad json", "deep json"):
             with zipfile.ZipFile(path, "w") as z:
-                z.writestr("model.json", b"{not json")
+                z.writestr("model.json", b"{not json" if what == "bad json" else b"[" * 10**5 + b"]" * 10**5)
         else:
             path.write_bytes(content)
         with pytest.raises(ModelFileError, match=message) as info:
