@@ -87,9 +87,9 @@ class Encoder:
         if isinstance(value, np.ndarray) and type(value) is np.ndarray:
             return self._array(value, path)
         if type(value) is list:
-            return [self.encode(v, f"{path}/{i}") for i, v in enumerate(value)]
+            return [self.encode(v, _child(path, i)) for i, v in enumerate(value)]
         if type(value) is tuple:
-            return {"__tuple__": [self.encode(v, f"{path}/{i}") for i, v in enumerate(value)]}
+            return {"__tuple__": [self.encode(v, _child(path, i)) for i, v in enumerate(value)]}
         if type(value) is dict:
             return self._dict(value, path)
         if type(value) is np.random.Generator:
@@ -118,7 +118,7 @@ class Encoder:
     def _array(self, value: np.ndarray, path: str) -> Any:
         if value.dtype.kind == "O":
             ref = self._reference(value, path)["__ref__"]
-            items = [self.encode(v, f"{path}/{i}") for i, v in enumerate(value.ravel().tolist())]
+            items = [self.encode(v, _child(path, i)) for i, v in enumerate(value.ravel().tolist())]
             return {"__objects__": list(value.shape), "ref": ref, "items": items}
         if value.dtype.kind not in ARRAY_KINDS or value.dtype.fields is not None:
             raise CodecError(f"{path}: array of dtype {value.dtype} cannot be stored")
@@ -134,8 +134,8 @@ class Encoder:
 
     def _dict(self, value: dict, path: str) -> Any:
         if all(type(k) is str and not k.startswith("__") for k in value):
-            return {k: self.encode(v, f"{path}/{k}") for k, v in value.items()}
-        return {"__dict__": [[self.encode(k, path), self.encode(v, f"{path}/{_key_name(k, i)}")]
+            return {k: self.encode(v, _child(path, k)) for k, v in value.items()}
+        return {"__dict__": [[self.encode(k, path), self.encode(v, _child(path, _key_name(k, i)))]
                              for i, (k, v) in enumerate(value.items())]}
 
     def _object(self, value: Any, path: str) -> Any:
@@ -144,7 +144,11 @@ class Encoder:
         if type(state) is not dict or not all(type(k) is str for k in state):
             raise CodecError(f"{path}: the state of {class_name(type(value))} is not a dict of attributes")
         return {"__object__": class_name(type(value)), "ref": ref,
-                "state": {k: self.encode(v, f"{path}/{k}") for k, v in state.items()}}
+                "state": {k: self.encode(v, _child(path, k)) for k, v in state.items()}}
+
+
+def _child(path: str, part: Any) -> str:
+    return f"{path}/{part}" if path else str(part)
 
 
 def _key_name(key: Any, index: int) -> str:
@@ -249,7 +253,18 @@ class Decoder:
 
 
 def encode(value: Any, root: str = "") -> tuple[Any, dict[str, np.ndarray]]:
-    """``(json_value, arrays)`` for ``value``; raises :class:`CodecError` on anything not allowed."""
+    """``(json_value, arrays)`` for ``value``; raises :class:`CodecError` on anything not allowed.
+
+    >>> doc, arrays = encode({"w": np.zeros(2), "classes": ["cat", "dog"], "pair": (1, 2)})
+    >>> doc
+    {'w': {'__array__': 'w'}, 'classes': ['cat', 'dog'], 'pair': {'__tuple__': [1, 2]}}
+    >>> decode(doc, arrays.__getitem__)
+    {'w': array([0., 0.]), 'classes': ['cat', 'dog'], 'pair': (1, 2)}
+    >>> encode({"f": print})
+    Traceback (most recent call last):
+    ...
+    pipeline.state_codec.CodecError: f holds a builtins.builtin_function_or_method, which a data-only model file cannot store
+    """
     enc = Encoder()
     return enc.encode(value, root), enc.arrays
 
