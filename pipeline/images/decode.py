@@ -20,6 +20,7 @@ see identical inputs. Rules (see the README, "Images"):
 from __future__ import annotations
 
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +35,15 @@ DEFAULT_MAX_PIXELS = 50_000_000
 ALPHA_BACKGROUND = (255, 255, 255)
 DECODE_VERSION = 2  # bump when the pixels produced for some file change
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+
+def _quiet_pillow_bomb_warning() -> None:
+    """Pillow warns above ``Image.MAX_IMAGE_PIXELS``; ``max_pixels`` is enforced here instead, as a skip
+    reason, so the warning is only noise. Checked at each decode: a ``catch_warnings`` block around an
+    import would drop a filter added once."""
+    if not any(f[0] == "ignore" and f[2] is Image.DecompressionBombWarning for f in warnings.filters):
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module="PIL.Image")
 
 
 class _PixelBudget:
@@ -122,6 +132,7 @@ def decode_image(path: str | Path, size: tuple[int, int], *, max_pixels: int = D
     not decoded by rule, other exceptions for broken files.
     """
     height, width = size
+    _quiet_pillow_bomb_warning()
     with open_regular(path) as fh:
         try:
             img = Image.open(fh, formats=FORMATS)
