@@ -79,7 +79,7 @@ def read_rows(manifest: Path, encoding: str | None = None) -> tuple[list[tuple[i
         text = _decode(manifest.read_bytes(), manifest, encoding, notes)
     except OSError as exc:
         raise SourceError(f"{manifest} cannot be read: {exc.strerror or exc}") from None
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text), strict=True)
     rows: list[tuple[int, str, str | None]] = []
     columns: dict[str, int] | None = None
     try:
