@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -131,25 +131,25 @@ def export_store(store_path: str | Path, out: str | Path, fmt: str = "npy", *, s
 def _export_shard(store: Any, tmp: Path, fmt: str, k: int, n_shards: int, start: int, stop: int, chunk_rows: int,
                   classes: list[str], schema: Any, pa: Any, pq: Any, bar: Any) -> None:
     dim, dtype = store.feature_dim, np.dtype(str(store.meta.get("dtype", "float32")))
+    emb: BinaryIO | None = None
     if fmt == "npy":
-        emb = np.lib.format.open_memmap(tmp / EMB_DIR / _shard_name(EMB_DIR, k, n_shards, "npy"), mode="w+",
-                                        dtype=dtype, shape=(stop - start, dim))
+        emb = open(tmp / EMB_DIR / _shard_name(EMB_DIR, k, n_shards, "npy"), "wb")
+        np.lib.format.write_array_header_1_0(emb, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                   "fortran_order": False, "shape": (stop - start, dim)})
         table_path = tmp / META_DIR / _shard_name(META_DIR, k, n_shards, "parquet")
     else:
-        emb = None
         table_path = tmp / EMB_DIR / _shard_name(EMB_DIR, k, n_shards, "parquet")
     with pq.ParquetWriter(table_path, schema) as writer:
         for chunk in store.iter_chunks(chunk_rows, start, stop):
-            if emb is not None:
-                emb[chunk.start - start: chunk.start - start + len(chunk.y)] = chunk.X
+            if emb is not None:  # rows appended after the header: no memory map, memory bounded by the chunk
+                emb.write(np.ascontiguousarray(chunk.X, dtype=dtype).tobytes())
             writer.write_table(_table(pa, chunk.paths, chunk.y, classes, None if emb is not None else chunk.X, schema))
             bar.update(len(chunk.y))
         if stop == start:
             writer.write_table(_table(pa, [], np.zeros(0, np.int32), classes,
                                       None if emb is not None else np.zeros((0, dim), dtype), schema))
     if emb is not None:
-        emb.flush()
-        del emb
+        emb.close()
 
 
 def _natural(path: Path) -> tuple[Any, ...]:
@@ -184,28 +184,65 @@ def _find_source(src: Path) -> _Source:
     return _Source("parquet", tables, [])
 
 
+class _NpyRows:
+    """Rows of a 2-D ``.npy`` file read by seeking: memory bounded by the rows asked for, no memory map."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, self.dtype = header(fh)
+            except ValueError as exc:
+                raise InteropError(f"{path} is not a readable .npy file ({exc})") from None
+            self.offset = fh.tell()
+        if len(shape) != 2 or fortran or self.dtype.hasobject:
+            raise InteropError(f"{path} holds a {'Fortran-order ' if fortran else ''}array of shape {shape} "
+                               f"and dtype {self.dtype}; expected C-order (rows, dim) numbers")
+        self.rows, self.dim = int(shape[0]), int(shape[1])
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        stop = min(stop, self.rows)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * self.dim * self.dtype.itemsize)
+            X = np.fromfile(fh, self.dtype, count=max(stop - start, 0) * self.dim)
+        if len(X) != (stop - start) * self.dim:
+            raise InteropError(f"{self.path} is truncated: rows {start}:{stop} cannot be read")
+        return X.reshape(stop - start, self.dim)
+
+
+def _parquet_batches(path: Path, columns: list[str], chunk_rows: int, pq: Any) -> Iterator[Any]:
+    """Record batches one row group at a time: iter_batches over a whole file buffers every row group."""
+    parquet = pq.ParquetFile(path)
+    for group in range(parquet.metadata.num_row_groups):
+        yield from parquet.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=columns or None,
+                                        use_threads=False)
+
+
 def _batches(source: _Source, columns: list[str], chunk_rows: int, pq: Any) -> Iterator[tuple[int, int, Any, np.ndarray | None]]:
     """Yield (file index, first row in file, metadata batch or None, embedding rows or None)."""
     for i, emb_path in enumerate(source.embeddings):
         if source.kind == "npy":
-            X = np.load(emb_path, mmap_mode="r")
-            if X.ndim != 2:
-                raise InteropError(f"{emb_path} holds an array of shape {X.shape}; expected (rows, dim)")
+            X = _NpyRows(emb_path)
             if source.metadata:
-                table = pq.ParquetFile(source.metadata[i])
-                if table.metadata.num_rows != len(X):
+                n_meta = pq.ParquetFile(source.metadata[i]).metadata.num_rows
+                if n_meta != len(X):
                     raise InteropError(f"{emb_path} has {len(X)} rows but {source.metadata[i]} has "
-                                       f"{table.metadata.num_rows}; they must be aligned row by row")
+                                       f"{n_meta}; they must be aligned row by row")
                 row = 0
-                for batch in table.iter_batches(batch_size=chunk_rows, columns=columns or None):
-                    yield i, row, batch, np.asarray(X[row: row + batch.num_rows])
+                for batch in _parquet_batches(source.metadata[i], columns, chunk_rows, pq):
+                    yield i, row, batch, X.read(row, row + batch.num_rows)
                     row += batch.num_rows
             else:
                 for row in range(0, len(X), chunk_rows):
-                    yield i, row, None, np.asarray(X[row: row + chunk_rows])
+                    yield i, row, None, X.read(row, row + chunk_rows)
         else:
             row = 0
-            for batch in pq.ParquetFile(emb_path).iter_batches(batch_size=chunk_rows, columns=columns):
+            for batch in _parquet_batches(emb_path, columns, chunk_rows, pq):
                 yield i, row, batch, None
                 row += batch.num_rows
 
@@ -244,14 +281,14 @@ def _class_names(source: _Source, column: str | None, known: list[str], pq: Any)
         return list(known)
     seen: set[str] = set()
     for table in source.tables():
-        for batch in pq.ParquetFile(table).iter_batches(batch_size=65536, columns=[column]):
+        for batch in _parquet_batches(table, [column], 65536, pq):
             seen.update(str(v) for v in batch.column(0).to_pylist() if v is not None and v != "")
     return list(known) + sorted(seen - set(known))
 
 
 def _count_rows(source: _Source, pq: Any) -> int:
     if source.kind == "npy":
-        return sum(int(np.load(p, mmap_mode="r").shape[0]) for p in source.embeddings)
+        return sum(len(_NpyRows(p)) for p in source.embeddings)
     return sum(pq.ParquetFile(p).metadata.num_rows for p in source.embeddings)
 
 
