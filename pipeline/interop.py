@@ -16,6 +16,7 @@ Every parquet file carries the store's class list and identity in its schema met
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -124,6 +125,7 @@ def export_store(store_path: str | Path, out: str | Path, fmt: str = "npy", *, s
             raise
         bar.close()
         rows = store.n_rows
+    _fsync_tree(tmp)
     _replace_dir(tmp, out, overwrite)
     return InteropResult(out, rows, n_shards, dim, dtype.name, classes)
 
@@ -131,15 +133,16 @@ def export_store(store_path: str | Path, out: str | Path, fmt: str = "npy", *, s
 def _export_shard(store: Any, tmp: Path, fmt: str, k: int, n_shards: int, start: int, stop: int, chunk_rows: int,
                   classes: list[str], schema: Any, pa: Any, pq: Any, bar: Any) -> None:
     dim, dtype = store.feature_dim, np.dtype(str(store.meta.get("dtype", "float32")))
-    emb: BinaryIO | None = None
-    if fmt == "npy":
-        emb = open(tmp / EMB_DIR / _shard_name(EMB_DIR, k, n_shards, "npy"), "wb")
-        np.lib.format.write_array_header_1_0(emb, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                   "fortran_order": False, "shape": (stop - start, dim)})
-        table_path = tmp / META_DIR / _shard_name(META_DIR, k, n_shards, "parquet")
-    else:
-        table_path = tmp / EMB_DIR / _shard_name(EMB_DIR, k, n_shards, "parquet")
-    with pq.ParquetWriter(table_path, schema) as writer:
+    with contextlib.ExitStack() as stack:
+        emb: BinaryIO | None = None
+        if fmt == "npy":
+            emb = stack.enter_context(open(tmp / EMB_DIR / _shard_name(EMB_DIR, k, n_shards, "npy"), "wb"))
+            np.lib.format.write_array_header_1_0(emb, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                       "fortran_order": False, "shape": (stop - start, dim)})
+            table_path = tmp / META_DIR / _shard_name(META_DIR, k, n_shards, "parquet")
+        else:
+            table_path = tmp / EMB_DIR / _shard_name(EMB_DIR, k, n_shards, "parquet")
+        writer = stack.enter_context(pq.ParquetWriter(table_path, schema))
         for chunk in store.iter_chunks(chunk_rows, start, stop):
             if emb is not None:  # rows appended after the header: no memory map, memory bounded by the chunk
                 emb.write(np.ascontiguousarray(chunk.X, dtype=dtype).tobytes())
@@ -148,8 +151,14 @@ def _export_shard(store: Any, tmp: Path, fmt: str, k: int, n_shards: int, start:
         if stop == start:
             writer.write_table(_table(pa, [], np.zeros(0, np.int32), classes,
                                       None if emb is not None else np.zeros((0, dim), dtype), schema))
-    if emb is not None:
-        emb.close()
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file to disk before the folder is renamed into place (as atomic_path does for files)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
 
 
 def _natural(path: Path) -> tuple[Any, ...]:
