@@ -27,3 +27,7 @@ class ModelFileError(PipelineError):
 
 class OptionError(PipelineError):
     """A command-line option has a value that cannot work."""
+
+
+class TrainingError(PipelineError):
+    """Training produced nothing usable (diverged, learnt nothing); the model is not saved."""
