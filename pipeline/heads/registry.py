@@ -152,7 +152,8 @@ def heads() -> dict[str, type["Head"]]:
         for module in HEAD_MODULES:
             importlib.import_module(module)
         _loaded = True
-    return dict(_HEADS)
+    order = {m: i for i, m in enumerate(HEAD_MODULES)}
+    return dict(sorted(_HEADS.items(), key=lambda item: order.get(item[1].__module__, len(order))))
 
 
 def head_class(name: str) -> type["Head"]:
