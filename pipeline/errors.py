@@ -31,3 +31,7 @@ class OptionError(PipelineError):
 
 class TrainingError(PipelineError):
     """Training produced nothing usable (diverged, learnt nothing); the model is not saved."""
+
+
+class InteropError(PipelineError):
+    """An embedding folder cannot be imported or exported (layout, columns, missing pyarrow)."""
