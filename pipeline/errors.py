@@ -29,5 +29,9 @@ class OptionError(PipelineError):
     """A command-line option has a value that cannot work."""
 
 
+class TrainingError(PipelineError):
+    """Training produced nothing usable (diverged, learnt nothing); the model is not saved."""
+
+
 class InteropError(PipelineError):
     """An embedding folder cannot be imported or exported (layout, columns, missing pyarrow)."""

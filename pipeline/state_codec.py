@@ -35,7 +35,7 @@ import numpy as np
 
 # module path -> class names: the only classes a model file may name.
 ALLOWED_CLASSES: dict[str, tuple[str, ...]] = {
-    "pipeline.heads.online_linear": ("FastLinearHead", "OnlineLinearModel"),
+    "pipeline.heads.online_linear": ("LogRegHead", "SoftmaxHead", "FastLinearHead", "OnlineLinearModel"),
     "pipeline.heads.nme": ("NMEHead",),
     "pipeline.heads.exemplars": ("ClassPools", "_Reservoir", "ExemplarMemory", "ExemplarSet", "ExperienceReplay"),
     "pipeline.heads.slda": ("SLDAHead",),

@@ -56,6 +56,11 @@ class StoreScan:
     rows: int
     unlabelled: int
     class_counts: dict[str, int]
+    heldout: int = 0   # labelled rows in the held-out split (``holdout`` > 0)
+
+    @property
+    def labelled(self) -> int:
+        return self.rows - self.unlabelled
 
 
 class FeatureStream:
@@ -168,20 +173,22 @@ class FeatureStream:
     def scan(self) -> StoreScan:
         """One validation pass: counts rows per class and refuses NaN / infinite features."""
         counts: dict[str, int] = {}
-        rows = unlabelled = bad = 0
+        rows = unlabelled = bad = heldout = 0
         for store in self.stores:
             for chunk in store.iter_chunks(self.chunk_rows):
                 finite = np.isfinite(chunk.X).all(axis=1)
                 bad += int((~finite).sum())
                 rows += len(chunk.y)
                 unlabelled += int((chunk.y < 0).sum())
+                if self.holdout:
+                    heldout += int((holdout_mask(chunk.paths, self.holdout) & (chunk.y >= 0)).sum())
                 for idx, n in zip(*np.unique(chunk.y[chunk.y >= 0], return_counts=True)):
                     name = store.classes[idx]
                     counts[name] = counts.get(name, 0) + int(n)
         if bad:
             raise StoreError(f"{bad} of {rows} rows hold NaN or infinite features in "
                              f"{', '.join(str(p) for p in self.paths)}; re-extract those stores")
-        return StoreScan(rows, unlabelled, dict(sorted(counts.items())))
+        return StoreScan(rows, unlabelled, dict(sorted(counts.items())), heldout)
 
     def close(self) -> None:
         for store in self.stores:

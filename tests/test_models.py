@@ -278,7 +278,7 @@ def test_full_disk_while_saving_keeps_the_previous_model(tmp_path, saved, monkey
 def test_river_models_load_only_with_trust_pickle(tmp_path):
     store = make_blobs_store(tmp_path / "s.h5", 200, DIM, ["a", "b", "c"])
     path = tmp_path / "river.model"
-    run_training([store], head="logreg", engine="river", model_out=path, **quiet)
+    run_training([store], head="logreg", head_options={"engine": "river"}, model_out=path, **quiet)
     with pytest.raises(ModelFileError, match="River estimators .* pass --trust-pickle only if you trust this file"):
         load_model(path)
     with zipfile.ZipFile(path) as z:

@@ -31,10 +31,25 @@ import numpy as np
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head, softmax_rows
 from pipeline.heads.exemplars import ClassPools, ExemplarMemory, l2_normalise
+from pipeline.heads.registry import Capabilities, Option, register
+
+MEMORY_OPTION = Option("memory", int, 2000, "exemplar budget in rows, all classes together", low=1, high=10**9)
+POOL_OPTION = Option("pool_size", int, 1000, "candidates kept per class for herding (reservoir sample)",
+                     low=1, high=100_000)
 
 
+@register
 class NMEHead(Head):
     name = "nme"
+    summary = "iCaRL nearest-mean-of-exemplars"
+    options = (
+        MEMORY_OPTION,
+        Option("class_means", str, "exemplar", "mean of the exemplars (iCaRL) or the exact running mean of every row",
+               choices=("exemplar", "exact")),
+        POOL_OPTION,
+        Option("seed", int, 0, "seed of the reservoir samples", low=0, high=2**32 - 1, from_run=True),
+    )
+    capabilities = Capabilities(keeps_exemplars=True, class_incremental="adds a mean")
 
     def __init__(self, memory: int = 2000, class_means: str = "exemplar", pool_size: int = 1000, seed: int = 0):
         super().__init__()
