@@ -27,3 +27,7 @@ class ModelFileError(PipelineError):
 
 class OptionError(PipelineError):
     """A command-line option has a value that cannot work."""
+
+
+class ExecutorError(PipelineError):
+    """A parallel executor is not installed, cannot be reached, or cannot run this job."""

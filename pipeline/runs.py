@@ -39,6 +39,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
                  checkpoint_every: int = 0, resume: Path | None = None, allow_incomplete: bool = False,
                  quiet: bool = False, increment: int | None = None, tasks: str | None = None,
                  class_order: str | None = None, no_joint: bool = False, replay: bool = False,
+                 executor: str = "local", workers: int | None = None,
                  echo: Echo = print, out: Echo = print, **head_params: Any) -> dict[str, Any]:
     """Train (or continue) a head on feature stores; returns the metrics dictionary."""
     if checkpoint_every and model_out is None and resume is None:
@@ -89,7 +90,14 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
                             tasks=task_list, joint_reference=not no_joint, replay=replay,
                             replay_memory=head_params.get("memory") or 2000,
                             pool_size=head_params.get("pool_size") or 1000, seed=seed, progress=not quiet)
-        metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+        if executor == "local":
+            metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+        else:  # mergeable heads only: map rows to workers, reduce with the heads' exact merge
+            from pipeline.parallel_train import check_parallel, open_executor, train_parallel
+
+            check_parallel(head_name, model.head, opts)
+            with open_executor(executor, workers, progress=not quiet) as pool:
+                metrics = train_parallel(model, train_stream, test_stream, opts, pool, log=echo)
         metrics["stores"] = [str(p) for p in stores]
         metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)
         metrics["holdout_fraction"] = holdout

@@ -16,6 +16,7 @@ Examples:
   train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.pkl
   train-incremental data/new_classes.h5 --resume model.pkl --holdout 0.3
   train-incremental data/train.h5 --head nme --increment 2 --test data/val.h5 --plot matrix.png
+  train-incremental data/shard-*.h5 --head slda --holdout 0.2 --executor ray --workers 8
 
 Saved models are pickles: only load (--resume) model files you trust.
 """
@@ -76,6 +77,11 @@ def _parse_list(value: str | None) -> list[str] | None:
               help="ridge: L2 penalty, or auto (generalised cross-validation) [default: auto].")
 @click.option("--random-features", type=click.IntRange(1), default=None,
               help="ridge: RanPAC random ReLU projection to M dimensions before the ridge.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: learn stores / row ranges in parallel on a Ray cluster (RAY_ADDRESS, else a local Ray) "
+                   "and merge exactly; slda, ridge and nme --class-means exact only.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Ray tasks running at once [default: one per CPU of the cluster].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @friendly_errors
 def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, engine: str, optimizer: str | None,

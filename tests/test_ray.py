@@ -1,0 +1,118 @@
+"""Parallel training of the sum-statistics heads on a local Ray cluster equals single-process training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.models import load_model
+from pipeline.parallel_train import InProcess, StreamSpec, fit_mergeable, HeadSpec, plan_partitions
+from pipeline.runs import run_training
+from pipeline.stream import FeatureStream
+from conftest import make_blobs_store
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'incremental-pipeline[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("ray_stores")
+    return [make_blobs_store(folder / f"s{i}.h5", n, 12, CLASSES, seed=i)
+            for i, n in enumerate((700, 300, 500))]
+
+
+def _train(stores: list[Path], tmp: Path, name: str, executor: str, **kw) -> tuple[dict, object]:
+    out = tmp / f"{name}-{executor}.pkl"
+    metrics = run_training(stores, model_out=out, executor=executor, quiet=True, echo=lambda s: None,
+                           out=lambda s: None, chunk_rows=128, **kw)
+    return metrics, load_model(out)
+
+
+def _same_predictions(a, b, stores: list[Path]) -> None:
+    with FeatureStream(stores) as stream:
+        for batch in stream:
+            assert a.head.predict(batch.X).tolist() == b.head.predict(batch.X).tolist()
+    assert a.classes == b.classes
+
+
+HEADS = [("slda", {}), ("ridge", {}), ("ridge", {"random_features": 40, "ridge_lambda": 1.0}),
+         ("nme", {"class_means": "exact"})]
+
+
+@pytest.mark.parametrize("head,options", HEADS, ids=["slda", "ridge", "ridge-ranpac", "nme-exact"])
+def test_ray_training_equals_one_process(ray_cluster, stores, tmp_path, head, options):
+    local, m_local = _train(stores, tmp_path, head, "local", head=head, holdout=0.25, **options)
+    par, m_par = _train(stores, tmp_path, head, "ray", head=head, holdout=0.25, workers=2, **options)
+    assert par["executor"]["partitions"] > len(stores)  # the big stores were split into row ranges
+    assert par["rows_seen"] == local["rows_seen"] and par["classes"] == local["classes"]
+    assert abs(par["heldout"]["accuracy"] - local["heldout"]["accuracy"]) <= 1e-9
+    assert par["heldout"]["rows"] == local["heldout"]["rows"]
+    _same_predictions(m_local, m_par, stores)
+
+
+def test_class_incremental_ray_run_has_the_local_accuracy_matrix(ray_cluster, stores, tmp_path):
+    kw = dict(head="slda", holdout=0.3, increment=2, class_order=",".join(CLASSES))
+    local, m_local = _train(stores, tmp_path, "ci", "local", **kw)
+    par, m_par = _train(stores, tmp_path, "ci", "ray", workers=2, **kw)
+    np.testing.assert_allclose(np.array(par["accuracy_matrix"], float), np.array(local["accuracy_matrix"], float),
+                               atol=1e-9)
+    assert abs(par["joint_accuracy"] - local["joint_accuracy"]) <= 1e-9
+    assert abs(par["final_accuracy"] - local["final_accuracy"]) <= 1e-9
+    _same_predictions(m_local, m_par, stores)
+
+
+def test_partitions_reduce_in_process_to_the_same_head(stores):
+    """The same split and merge without Ray: the partition plan covers every row once."""
+    with FeatureStream(stores, chunk_rows=64) as stream:
+        one = HeadSpec("ridge", 12, (("ridge_lambda", 0.5),)).build()
+        for batch in stream:
+            one.partial_fit(batch.X, batch.y)
+        parts = plan_partitions([(str(s.path), s.n_rows) for s in stream.stores], 170)
+        assert sum(p.stop - p.start for p in parts) == 1500
+        merged, rows = fit_mergeable(HeadSpec.of("ridge", one, 12), StreamSpec.of(stream), InProcess(), parts)
+        assert rows == 1500
+        np.testing.assert_allclose(merged.coef_, one.coef_, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("args,why", [(["--head", "logreg"], "SGD"), (["--head", "softmax"], "SGD"),
+                                      (["--head", "nme"], "herding"),
+                                      (["--head", "slda", "--eval-every", "100"], "--eval-every")])
+def test_sequential_training_refuses_cleanly(stores, args, why):
+    result = CliRunner().invoke(main, ["train-incremental", str(stores[0]), "--executor", "ray", "-q", *args])
+    assert result.exit_code == 1
+    assert "Error:" in result.output and why in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_cli_ray_run_writes_the_usual_metrics(ray_cluster, stores, tmp_path):
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["train-incremental", *map(str, stores), "--head", "slda", "--holdout", "0.2",
+                                       "--executor", "ray", "--workers", "2", "-q", "--metrics-out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["executor"]["name"] == "ray" and metrics["heldout"]["accuracy"] > 0.5
+    assert "held-out accuracy" in result.output
+
+
+def test_package_never_imports_ray():
+    code = ("import sys, pipeline.cli, pipeline.runs, pipeline.parallel_train, pipeline.ray_executor, pipeline.train;"
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    root = Path(__file__).resolve().parents[1] / "pipeline"
+    importers = [p.name for p in root.rglob("*.py") if "import ray" in p.read_text()]
+    assert importers == ["ray_executor.py"]
