@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -53,6 +54,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
                                   "configure_logging": True}
         if address is None:
             kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+        else:
+            _probe(address)
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -65,6 +68,18 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     finally:
         if started:
             ray.shutdown()
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable ``host:port`` (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", "ray://..." (Ray Client): left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): {exc}; start one with "
+                            "`ray start --head`, or unset RAY_ADDRESS to run a local Ray") from None
 
 
 def default_workers(resources: dict[str, float]) -> int:

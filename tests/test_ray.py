@@ -12,11 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
+from pipeline.errors import ExecutorError
 from pipeline.models import load_model
 from pipeline.parallel_train import InProcess, StreamSpec, fit_mergeable, HeadSpec, plan_partitions
 from pipeline.runs import run_training
 from pipeline.stream import FeatureStream
-from conftest import make_blobs_store
+from conftest import make_blobs_store, requires_shared
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
 
@@ -38,8 +39,9 @@ def stores(tmp_path_factory) -> list[Path]:
 
 def _train(stores: list[Path], tmp: Path, name: str, executor: str, **kw) -> tuple[dict, object]:
     out = tmp / f"{name}-{executor}.pkl"
+    kw.setdefault("chunk_rows", 128)
     metrics = run_training(stores, model_out=out, executor=executor, quiet=True, echo=lambda s: None,
-                           out=lambda s: None, chunk_rows=128, **kw)
+                           out=lambda s: None, **kw)
     return metrics, load_model(out)
 
 
@@ -116,3 +118,26 @@ def test_package_never_imports_ray():
     root = Path(__file__).resolve().parents[1] / "pipeline"
     importers = [p.name for p in root.rglob("*.py") if "import ray" in p.read_text()]
     assert importers == ["ray_executor.py"]
+
+
+@requires_shared
+def test_ray_training_on_real_features_equals_one_process(ray_cluster, imagenette_stores, tmp_path):
+    """One real store cut into row ranges (Imagenette-mini, MobileNet 0.25), evaluated on its val store."""
+    train, val = imagenette_stores
+    kw = dict(head="ridge", test_stores=[val], chunk_rows=64)
+    local, m_local = _train([train], tmp_path, "real", "local", **kw)
+    par, m_par = _train([train], tmp_path, "real", "ray", workers=2, **kw)
+    assert par["executor"]["partitions"] >= 4
+    assert abs(par["heldout"]["accuracy"] - local["heldout"]["accuracy"]) <= 1e-9
+    _same_predictions(m_local, m_par, [val])
+
+
+def test_missing_ray_and_unreachable_cluster_are_clear_errors(monkeypatch):
+    from pipeline import ray_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ExecutorError, match=r"pip install 'incremental-pipeline\[ray\]'"):
+        with ray_executor.ray_session():
+            pass
+    with pytest.raises(ExecutorError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
+        ray_executor._probe("127.0.0.1:9", timeout=2)
