@@ -107,7 +107,8 @@ def map_ordered(fn: Callable[..., R], items: Sequence[tuple[Any, ...]], *, max_i
     try:
         while next_out < len(items):
             # bounded: at most max_in_flight running, and as many finished ones waiting their turn
-            while len(refs) < len(items) and len(pending) < max_in_flight and len(refs) - next_out < 2 * max_in_flight:
+            while (len(refs) < len(items) and len(pending) < max_in_flight
+                   and len(refs) - next_out < 2 * max_in_flight):
                 ref = remote.remote(*items[len(refs)])
                 refs.append(ref)
                 pending.append(ref)

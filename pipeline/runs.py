@@ -208,7 +208,8 @@ def run_merge(paths: Sequence[Path], output: Path, out: Echo = print) -> Trained
     models = [load_model(p) for p in paths]
     first = models[0]
     if not getattr(first.head, "mergeable", False):
-        raise OptionError(f"{first.head_name} models cannot be merged exactly; only slda and ridge can")
+        raise OptionError(f"{first.head_name} models cannot be merged exactly; "
+                          "only slda, ridge and nme --class-means exact can")
     for path, other in zip(paths[1:], models[1:]):
         check_identity(first.backbone, other.backbone, str(path))
         first.head.merge(other.head)

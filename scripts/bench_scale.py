@@ -74,7 +74,7 @@ def run_cli(stores: list[Path], folder: Path, *extra: str) -> dict:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline", "train-incremental", *map(str, stores), "--head", "slda",
                     "-q", "--metrics-out", str(out), *extra], check=True, env=env, cwd=folder,
-                   stdout=subprocess.DEVNULL)
+                    stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     m = json.loads(out.read_text())
     return {"wall_s": wall, "train_s": m["timing"]["elapsed_s"], "rows": m["rows_this_run"],
