@@ -141,3 +141,26 @@ def test_missing_ray_and_unreachable_cluster_are_clear_errors(monkeypatch):
             pass
     with pytest.raises(ExecutorError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
         ray_executor._probe("127.0.0.1:9", timeout=2)
+
+
+def test_nme_exact_means_merge_exactly_and_exemplar_means_refuse():
+    from pipeline.errors import HeadError
+    from pipeline.heads.nme import NMEHead
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(0, 1, (300, 8)) + np.repeat(np.eye(8)[:3] * 3, 100, axis=0)
+    y = np.repeat(["a", "b", "c"], 100)
+    order = rng.permutation(300)
+    X, y = X[order], y[order]
+    one = NMEHead(class_means="exact", memory=30).partial_fit(X, y)
+    a = NMEHead(class_means="exact", memory=30).partial_fit(X[:120], y[:120])
+    b = NMEHead(class_means="exact", memory=30).partial_fit(X[120:], y[120:])
+    merged = a.merge(b)
+    merged.end_task()
+    one.end_task()
+    assert merged.classes_ == one.classes_
+    np.testing.assert_allclose(merged.class_means_(), one.class_means_(), rtol=1e-12)
+    np.testing.assert_allclose(merged.predict_proba(X), one.predict_proba(X), rtol=1e-9)
+    assert merged.memory_.size == one.memory_.size == 30
+    with pytest.raises(HeadError, match="class-means exact"):
+        NMEHead().partial_fit(X, y).merge(NMEHead().partial_fit(X, y))
