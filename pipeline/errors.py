@@ -31,3 +31,7 @@ class OptionError(PipelineError):
 
 class ExecutorError(PipelineError):
     """A parallel executor is not installed, cannot be reached, or cannot run this job."""
+
+
+class InteropError(PipelineError):
+    """An embedding folder cannot be imported or exported (layout, columns, missing pyarrow)."""
