@@ -36,6 +36,16 @@ REQUIRED_ATTRS = (
 IDENTITY_KEYS = ("backbone", "weights", "alpha", "input_size", "preprocessing", "pooling", "feature_dim")
 STR = h5py.string_dtype("utf-8")
 _CACHE_BYTES = 64 << 20  # compressed appends are ~10x slower with h5py's 1 MiB default
+WRITE_ERRORS = (OSError, RuntimeError)  # h5py raises RuntimeError (errno 28) for a full disk
+
+
+def encode_path(path: str) -> bytes:
+    """A file name as stored: UTF-8, with undecodable bytes kept as they were (lossless)."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def decode_path(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _to_attr(value: Any) -> Any:
@@ -120,7 +130,7 @@ class StoreWriter:
             ds.resize(end, axis=0)
         self.features[self.rows:end] = features
         self.labels[self.rows:end] = labels
-        self.paths[self.rows:end] = list(paths)
+        self.paths[self.rows:end] = [encode_path(p) for p in paths]
         self.rows = end
         self.file.attrs["rows_done"] = end
 
@@ -130,11 +140,26 @@ class StoreWriter:
         start = self.skipped_paths.shape[0]
         for ds, values in ((self.skipped_paths, paths), (self.skipped_reasons, reasons)):
             ds.resize(start + len(values), axis=0)
-            ds[start:] = list(values)
+            ds[start:] = [encode_path(v) for v in values]
 
     def set_attrs(self, **attrs: Any) -> None:
         for key, value in attrs.items():
             self.file.attrs[key] = _to_attr(value)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close the file after a failure (before it is removed), never raising."""
+        try:
+            if self.file.id.valid:
+                self.file.close()
+        except Exception:  # the write already failed; the file is discarded
+            pass
 
     def close(self, complete: bool = False) -> None:
         if not self.file.id.valid:
@@ -210,13 +235,13 @@ class FeatureStore:
 
     def paths(self, start: int = 0, stop: int | None = None) -> list[str]:
         stop = self.n_rows if stop is None else min(stop, self.n_rows)
-        return [p.decode("utf-8") if isinstance(p, bytes) else p for p in self._file["paths"][start:stop]]
+        return [decode_path(p) for p in self._file["paths"][start:stop]]
 
     def skipped(self) -> list[tuple[str, str]]:
         if "skipped" not in self._file:
             return []
         group = self._file["skipped"]
-        return [(p.decode(), r.decode()) for p, r in zip(group["paths"][:], group["reasons"][:])]
+        return [(decode_path(p), decode_path(r)) for p, r in zip(group["paths"][:], group["reasons"][:])]
 
     def read(self, start: int, stop: int) -> Chunk:
         stop = min(stop, self.n_rows)
@@ -247,8 +272,17 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, rows={self.n_rows}, dim={self.feature_dim}, classes={len(self.classes)})"
 
 
-def open_store(path: str | Path, allow_incomplete: bool = False) -> FeatureStore:
-    """Open and validate a store; an incomplete one is refused unless ``allow_incomplete``."""
+def open_store(path: str | Path, allow_incomplete: bool = False) -> Any:
+    """Open and validate a store; an incomplete one is refused unless ``allow_incomplete``.
+
+    ``path`` is a store file, a parts folder written with ``--no-merge``, or
+    the output path of such a run (its ``.parts`` folder is then read).
+    """
+    from pipeline.store_parts import find_parts, open_parts
+
+    folder = find_parts(Path(path))
+    if folder is not None:
+        return open_parts(folder, allow_incomplete)
     store = FeatureStore(path)
     if not store.complete and not allow_incomplete:
         store.close()

@@ -127,7 +127,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
 
 
 def test_full_disk_mid_run_is_a_clear_error_and_the_rerun_completes(tmp_path, small_backbone, monkeypatch):
-    import pipeline.extract as extract_module
+    import pipeline.extraction.partition as extract_module
 
     src = link_subset(DVC, tmp_path / "src", kaggle_names(40))
     out, clean = tmp_path / "s.h5", tmp_path / "clean.h5"
