@@ -1,6 +1,7 @@
 """Stores -> a stream of ``(X, y)`` chunks with bounded memory.
 
-Several stores (or shards written by separate workers) read as one stream:
+Several stores (or shards written by separate workers, or the parts folder of
+``extract-features --no-merge``) read as one stream:
 they must share the backbone identity, and their class lists are merged by
 name. Rows can be split into train / held-out by a hash of their path (the
 same image always lands on the same side), filtered to a subset of classes
@@ -34,7 +35,7 @@ def holdout_mask(paths: Sequence[str], fraction: float) -> np.ndarray:
     if fraction <= 0:
         return np.zeros(len(paths), bool)
     limit = fraction * 4294967296.0
-    return np.fromiter((zlib.crc32(p.encode("utf-8")) < limit for p in paths), bool, len(paths))
+    return np.fromiter((zlib.crc32(p.encode("utf-8", "surrogateescape")) < limit for p in paths), bool, len(paths))
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.backbones import Backbone, BackboneConfig, as_config
 from pipeline.extraction.executors import Executor, LocalExecutor, progress_bar
-from pipeline.extraction.finalize import finalize
+from pipeline.extraction.finalize import finalize as _finalize
 from pipeline.extraction.lock import output_lock
 from pipeline.extraction.partition import PartitionJob, PartitionResult, run_partition, run_partitions
 from pipeline.extraction.plan import ExtractionPlan, Partition, file_order, make_plan
@@ -94,7 +94,7 @@ def extract_features(
                 timings["decode_wait_s"] += done.decode_wait_s
                 timings["shard_write_s"] += done.write_s
         t_final = time.perf_counter()
-        final = finalize(plan, dtype, compression, merge)
+        final = _finalize(plan, dtype, compression, merge)
         end = time.perf_counter()
     result.rows, result.skipped = final.rows, final.skipped
     result.elapsed_s = end - t_start
