@@ -171,8 +171,10 @@ def test_no_merge_parts_folder_trains_and_evaluates_exactly_like_the_merged_stor
     parts = tmp_path / "p.h5.parts"
     assert not parted.exists() and (parts / "manifest.json").is_file()
     assert len(list(parts.glob("shard-*.h5"))) == 4  # 61 files, 16 per partition
-    r = runner.invoke(main, ["extract-features", str(src), "-o", str(parted), *opts, "--no-merge"])
-    assert r.exit_code == 0 and "already complete" in r.output or r.output == ""
+    stamp = (parts / "manifest.json").stat().st_mtime_ns
+    r = runner.invoke(main, ["extract-features", str(src), "-o", str(parted), *opts[:-1], "--no-merge"])
+    assert r.exit_code == 0 and "is already complete (60 rows, 1 skipped)" in r.output, r.output
+    assert (parts / "manifest.json").stat().st_mtime_ns == stamp
     with open_store(merged) as a, open_store(parted) as b, open_store(parts) as c:
         assert a.n_rows == b.n_rows == c.n_rows == 60 and a.classes == b.classes
         assert b.skipped() == a.skipped() == [("dog.999.jpg", b.skipped()[0][1])]
