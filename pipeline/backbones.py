@@ -292,7 +292,7 @@ def as_config(backbone: "Backbone | BackboneConfig") -> BackboneConfig:
     """The recipe of ``backbone``; a built one is cached so this process reuses it."""
     if isinstance(backbone, BackboneConfig):
         return backbone
-    if backbone.config is None:
-        raise BackboneError("this backbone was not built by build_backbone or load_user_model; pass a BackboneConfig")
+    if backbone.config is None:  # a hand-made Backbone: usable in this process only
+        backbone.config = BackboneConfig(name=f"live:{id(backbone)}")
     _BUILT[backbone.config] = backbone
     return backbone.config

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.backbones import Backbone, backbone_from_info
 from pipeline.errors import SourceError
 from pipeline.extraction.partition import embed_decoded, read_batches
-from pipeline.images import IMAGE_EXTENSIONS
+from pipeline.images import IMAGE_EXTENSIONS, try_decode
 from pipeline.models import TrainedModel
 
 
@@ -55,7 +55,8 @@ def predict_images(model: TrainedModel, backbone: Backbone, files: list[Path],
     classes = model.head.classes_
     groups = [files[s:s + batch_size] for s in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(decode_threads) as pool:
-        for group, decoded in zip(groups, read_batches(pool, groups, backbone.input_size)):
+        decode = lambda f: try_decode(f, backbone.input_size)  # noqa: E731
+        for group, decoded in zip(groups, read_batches(pool, groups, decode)):
             feats, good, skipped = embed_decoded(backbone, decoded, batch_size)
             proba = model.head.predict_proba(feats) if good else np.zeros((0, 0))
             rows = dict(zip(good, proba))

@@ -39,14 +39,6 @@ _CACHE_BYTES = 64 << 20  # compressed appends are ~10x slower with h5py's 1 MiB 
 WRITE_ERRORS = (OSError, RuntimeError)  # h5py raises RuntimeError (errno 28) for a full disk
 
 
-def encode_path(path: str) -> bytes:
-    """A file name as stored: UTF-8, with undecodable bytes kept as they were (lossless)."""
-    return path.encode("utf-8", "surrogateescape")
-
-
-def decode_path(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-
 
 def _to_attr(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
@@ -130,7 +122,7 @@ class StoreWriter:
             ds.resize(end, axis=0)
         self.features[self.rows:end] = features
         self.labels[self.rows:end] = labels
-        self.paths[self.rows:end] = [encode_path(p) for p in paths]
+        self.paths[self.rows:end] = list(paths)
         self.rows = end
         self.file.attrs["rows_done"] = end
 
@@ -140,7 +132,7 @@ class StoreWriter:
         start = self.skipped_paths.shape[0]
         for ds, values in ((self.skipped_paths, paths), (self.skipped_reasons, reasons)):
             ds.resize(start + len(values), axis=0)
-            ds[start:] = [encode_path(v) for v in values]
+            ds[start:] = list(values)
 
     def set_attrs(self, **attrs: Any) -> None:
         for key, value in attrs.items():
@@ -230,18 +222,20 @@ class FeatureStore:
     def identity(self) -> dict[str, Any]:
         return {key: self.meta.get(key, "") for key in IDENTITY_KEYS}
 
-    def labels(self) -> np.ndarray:
-        return self._file["labels"][: self.n_rows]
+    def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.n_rows if stop is None else min(stop, self.n_rows)
+        return self._file["labels"][start:stop]
 
     def paths(self, start: int = 0, stop: int | None = None) -> list[str]:
         stop = self.n_rows if stop is None else min(stop, self.n_rows)
-        return [decode_path(p) for p in self._file["paths"][start:stop]]
+        return [p.decode("utf-8") if isinstance(p, bytes) else p for p in self._file["paths"][start:stop]]
 
-    def skipped(self) -> list[tuple[str, str]]:
+    def skipped(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """Files that could not be decoded, with their reasons (the first ``limit`` when given)."""
         if "skipped" not in self._file:
             return []
         group = self._file["skipped"]
-        return [(decode_path(p), decode_path(r)) for p, r in zip(group["paths"][:], group["reasons"][:])]
+        return [(p.decode(), r.decode()) for p, r in zip(group["paths"][:limit], group["reasons"][:limit])]
 
     def read(self, start: int, stop: int) -> Chunk:
         stop = min(stop, self.n_rows)

@@ -117,14 +117,20 @@ class PartsStore:
         for begin in range(start, stop, chunk_rows):
             yield self.read(begin, min(begin + chunk_rows, stop))
 
-    def labels(self) -> np.ndarray:
-        return np.concatenate([self._shard(k).labels() for k in range(len(self.shards))])
+    def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.read(start, self.n_rows if stop is None else stop).y
 
     def paths(self, start: int = 0, stop: int | None = None) -> list[str]:
         return self.read(start, self.n_rows if stop is None else stop).paths
 
-    def skipped(self) -> list[tuple[str, str]]:
-        return [item for k in range(len(self.shards)) for item in self._shard(k).skipped()]
+    def skipped(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """Files that could not be decoded, with their reasons (the first ``limit`` when given)."""
+        found: list[tuple[str, str]] = []
+        for k in range(len(self.shards)):
+            if limit is not None and len(found) >= limit:
+                break
+            found.extend(self._shard(k).skipped(None if limit is None else limit - len(found)))
+        return found
 
     def close(self) -> None:
         if self._open is not None:

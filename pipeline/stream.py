@@ -35,7 +35,7 @@ def holdout_mask(paths: Sequence[str], fraction: float) -> np.ndarray:
     if fraction <= 0:
         return np.zeros(len(paths), bool)
     limit = fraction * 4294967296.0
-    return np.fromiter((zlib.crc32(p.encode("utf-8", "surrogateescape")) < limit for p in paths), bool, len(paths))
+    return np.fromiter((zlib.crc32(p.encode("utf-8")) < limit for p in paths), bool, len(paths))
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -84,8 +84,8 @@ def extract_features(
             return result
         todo = sum(len(p) for p in plan.missing)
         result.resumed_at = len(source.paths) - todo
-        job = PartitionJob(config, source.root, source.paths, source.label_indices(), plan.order, plan.parts,
-                           plan.attrs, batch_size, dtype)
+        job = PartitionJob(config, source, source.label_indices(), plan.order, plan.parts, plan.attrs, batch_size,
+                           dtype)
         timings = {"embed_s": 0.0, "decode_wait_s": 0.0, "shard_write_s": 0.0}
         t_start = time.perf_counter()
         with progress_bar(len(source.paths), result.resumed_at, progress) as bar:

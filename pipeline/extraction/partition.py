@@ -14,15 +14,17 @@ from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from pipeline.backbones import Backbone, BackboneConfig, backbone_for
 from pipeline.errors import StoreError
 from pipeline.extraction.plan import Partition
-from pipeline.images import decode_image
+from pipeline.images import ImageSource, try_decode
 from pipeline.store import WRITE_ERRORS, StoreWriter, atomic_path
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,7 @@ class PartitionJob:
     """Everything a worker needs besides the partition; picklable (ship it once per worker)."""
 
     backbone: BackboneConfig
-    root: Path
-    paths: Sequence[str]      # the sorted listing, relative to root
+    source: ImageSource       # the sorted listing (paths in record form, known problems)
     labels: np.ndarray        # class index per listed file, -1 = unlabelled
     order: np.ndarray         # processing order: position -> listing index
     parts: Path               # the shared folder the shards go to
@@ -60,24 +61,20 @@ class _Rows:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def decode_file(path: Path, size: tuple[int, int]) -> np.ndarray | str:
-    """Pixels of ``path``, or why it cannot be decoded (any failure skips the file, never the run)."""
-    try:
-        return decode_image(path, size)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def read_batches(pool: Executor, batches: Iterable[Sequence[Path]], size: tuple[int, int],
+def read_batches(pool: Executor, batches: Iterable[Sequence[T]], decode: Callable[[T], np.ndarray | str],
                  ahead: int = 3) -> Iterator[list[np.ndarray | str]]:
-    """Decode batches of files in ``pool``, ``ahead`` batches in advance; yield them in order."""
+    """Decode batches of items in ``pool``, ``ahead`` batches in advance; yield them in order.
+
+    ``decode`` gives pixels or the reason an item is skipped, and never raises
+    for a bad file (:meth:`ImageSource.decode`, :func:`pipeline.images.try_decode`).
+    """
     source = iter(batches)
     pending: deque[list[Future]] = deque()
 
     def submit() -> None:
         files = next(source, None)
         if files is not None:
-            pending.append([pool.submit(decode_file, f, size) for f in files])
+            pending.append([pool.submit(decode, f) for f in files])
 
     try:
         for _ in range(ahead):
@@ -136,7 +133,8 @@ def run_partitions(job: PartitionJob, parts: Sequence[Partition], *, decode_thre
     """
     backbone = backbone_for(job.backbone)
     batches = _batches(job, parts)
-    files = ([job.root / job.paths[i] for i in job.order[b0:b1]] for _, b0, b1 in batches)
+    items = (job.order[b0:b1].tolist() for _, b0, b1 in batches)
+    paths, size = job.source.paths, backbone.input_size
     rows: _Rows | None = None
     result: PartitionResult | None = None
     writing: tuple[Future, PartitionResult] | None = None
@@ -150,7 +148,7 @@ def run_partitions(job: PartitionJob, parts: Sequence[Partition], *, decode_thre
         return done
 
     with ThreadPoolExecutor(decode_threads) as pool, ThreadPoolExecutor(1) as writer:
-        reader = read_batches(pool, files, backbone.input_size)
+        reader = read_batches(pool, items, lambda i: job.source.decode(i, size))
         for part, b0, b1 in batches:
             if rows is None or rows.part != part:
                 rows, result = _Rows(part), PartitionResult(part, device=str(backbone.info.get("device", "")))
@@ -164,8 +162,8 @@ def run_partitions(job: PartitionJob, parts: Sequence[Partition], *, decode_thre
             idx = job.order[b0:b1]
             rows.features.append(feats)
             rows.labels.append(job.labels[idx[good]])
-            rows.paths.extend(job.paths[idx[k]] for k in good)
-            rows.skipped.extend((job.paths[idx[k]], why) for k, why in skipped)
+            rows.paths.extend(paths[idx[k]] for k in good)
+            rows.skipped.extend((paths[idx[k]], why) for k, why in skipped)
             result.rows += len(good)
             result.skipped += len(skipped)
             if on_images is not None:

@@ -9,7 +9,6 @@ order: no contiguous prefix is assumed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -22,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import StoreError
-from pipeline.images import ImageSource
-from pipeline.store import WRITE_ERRORS, FeatureStore, encode_path
+from pipeline.images import ImageSource, listing_digest
+from pipeline.store import WRITE_ERRORS, FeatureStore
 from pipeline.store_parts import parts_folder, read_manifest, write_manifest
 
 SHARD_GLOB = "shard-*.h5"
@@ -72,14 +71,6 @@ def package_versions() -> dict[str, str]:
 def file_order(n: int, seed: int, shuffle: bool) -> np.ndarray:
     """The order in which the sorted file list is processed."""
     return np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-
-
-def listing_digest(source: ImageSource) -> str:
-    """SHA-256 of the listing; names of any bytes (not UTF-8) are hashed as they are."""
-    digest = hashlib.sha256()
-    for i, (p, lab) in enumerate(zip(source.paths, source.labels)):
-        digest.update(b"\n" * (i > 0) + encode_path(p) + b"\t" + encode_path(lab or ""))
-    return digest.hexdigest()
 
 
 def extraction_settings(source: ImageSource, backbone_info: dict[str, Any], *, seed: int, shuffle: bool,
