@@ -75,7 +75,8 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                  checkpoint_every: int = 0, resume: Path | None = None, allow_incomplete: bool = False,
                  quiet: bool = False, increment: int | None = None, tasks: str | None = None,
                  class_order: str | None = None, no_joint: bool = False, replay: bool = False,
-                 trust_pickle: bool = False, echo: Echo = print, out: Echo = print) -> dict[str, Any]:
+                 executor: str = "local", workers: int | None = None, trust_pickle: bool = False,
+                 echo: Echo = print, out: Echo = print) -> dict[str, Any]:
     """Train (or continue) a head on feature stores; returns the metrics dictionary.
 
     ``head_options`` are the head's own options (see ``pipeline.heads.registry``), plus
@@ -138,7 +139,14 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                             model_out=model_out, tasks=task_list, joint_reference=not no_joint, replay=replay,
                             replay_memory=replay_opts.get("memory", 2000),
                             pool_size=replay_opts.get("pool_size", 1000), seed=seed, progress=not quiet)
-        metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+        if executor == "local":
+            metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+        else:  # mergeable heads only: map rows to workers, reduce with the heads' exact merge
+            from pipeline.parallel_train import check_parallel, open_executor, train_parallel
+
+            check_parallel(model.head_name, model.head, opts)
+            with open_executor(executor, workers, progress=not quiet) as pool:
+                metrics = train_parallel(model, train_stream, test_stream, opts, pool, log=echo)
         metrics["stores"] = [str(p) for p in stores]
         metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)
         metrics["holdout_fraction"] = holdout
@@ -266,7 +274,8 @@ def run_merge(paths: Sequence[Path], output: Path, out: Echo = print, trust_pick
     first = models[0]
     if not first.head.mergeable:
         mergeable = [n for n, cls in heads().items() if cls.capabilities.mergeable]
-        raise OptionError(f"{first.head_name} models cannot be merged exactly; only {', '.join(mergeable)} can")
+        raise OptionError(f"{first.head_name} models cannot be merged exactly; only {', '.join(mergeable)} "
+                          "and nme --class-means exact can")
     if len({Path(p).resolve() for p in paths}) < len(paths):
         raise OptionError("merge was given the same model file twice: its rows would count twice")
     _refuse_overlap(paths, models)

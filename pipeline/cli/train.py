@@ -25,6 +25,7 @@ Examples:
   train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.model
   train-incremental data/new_classes.h5 --resume model.model --holdout 0.3
   train-incremental data/train.h5 --head nme --increment 2 --test data/val.h5 --plot matrix.png
+  train-incremental data/shard-*.h5 --head slda --holdout 0.2 --executor ray --workers 8
 """
 
 
@@ -89,6 +90,11 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
 @click.option("--class-order", default=None, help="Comma-separated class order for --increment [default: seeded shuffle].")
 @click.option("--no-joint", is_flag=True, help="Skip the joint reference (same head trained on all classes at once).")
 @click.option("--replay", is_flag=True, help="Mix exemplars of earlier classes into the stream (experience replay).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: learn stores / row ranges in parallel on a Ray cluster (RAY_ADDRESS, else a local Ray) "
+                   "and merge exactly; slda, ridge and nme --class-means exact only.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Ray tasks running at once [default: one per CPU of the cluster].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @trust_pickle_option
 @friendly_errors
@@ -97,7 +103,8 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                           metrics_out: Path | None, plot: Path | None, model_out: Path | None,
                           checkpoint_every: int, resume: Path | None, allow_incomplete: bool,
                           increment: int | None, tasks: str | None, class_order: str | None, no_joint: bool,
-                          replay: bool, quiet: bool, trust_pickle: bool, **options: Any) -> None:
+                          replay: bool, executor: str, workers: int | None, quiet: bool, trust_pickle: bool,
+                          **options: Any) -> None:
     """Stream feature STORES chunk by chunk into an incremental classifier.
 
     Evaluates progressively (predict, then learn, every row) and on held-out
@@ -112,5 +119,5 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                  seed=seed, metrics_out=metrics_out, plot=plot, model_out=model_out,
                  checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete, quiet=quiet,
                  increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint, replay=replay,
-                 trust_pickle=trust_pickle,
+                 executor=executor, workers=workers, trust_pickle=trust_pickle,
                  echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)), out=click.echo)
