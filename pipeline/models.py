@@ -19,7 +19,7 @@ from pipeline.store import IDENTITY_KEYS, atomic_path
 MODEL_FORMAT = "incremental-pipeline-model"
 MODEL_VERSION = 1
 # What predict needs to rebuild the backbone, on top of IDENTITY_KEYS.
-BACKBONE_KEYS = (*IDENTITY_KEYS, "layer", "keras_version", "backend")
+BACKBONE_KEYS = (*IDENTITY_KEYS, "layer", "keras_version", "backend", "precision")
 
 
 @dataclass

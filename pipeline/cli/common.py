@@ -72,3 +72,20 @@ class AutoOrFloat(click.ParamType):
         if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
             self.fail(f"{number} is outside [{self.low}, {self.high if self.high is not None else 'inf'}]", param, ctx)
         return number
+
+
+class WorkersType(click.ParamType):
+    """``auto`` or a positive number of threads."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"expected 'auto' or a number of threads, got {value!r}", param, ctx)
+        if number < 1:
+            self.fail(f"expected at least 1 thread, got {number}", param, ctx)
+        return number
