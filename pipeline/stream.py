@@ -46,7 +46,7 @@ def check_identity(expected: dict[str, Any], got: dict[str, Any], what: str) -> 
     """Raise when two feature sources were made with different backbones, weights or dims.
 
     A different compute precision (``float32`` / ``bfloat16`` / ``float16``)
-    only warns: it is the same model up to rounding (mean cosine >= 0.998 to
+    only warns: it is the same model up to rounding (mean cosine >= 0.995 to
     float32 on the shared photos, README "Extraction speed"), so stores made on
     a GPU in float16 and on a CPU in float32 may be streamed together.
     """

@@ -134,6 +134,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for config in configs:
                     runs[config].append(spawn(*config[:1], backbone, config[1], source, args))
+                    print(f"  run {backbone} {config[0]} {config[1]}: {json.dumps(runs[config][-1])}", flush=True)
             for (variant, precision), got in runs.items():
                 ok = [r for r in got if "error" not in r]
                 row = {"backbone": backbone, "variant": variant, "precision": precision, "runs": got}
