@@ -75,11 +75,12 @@ def decode_rates(source: Path, size: int = 224) -> dict[str, float]:
 
 def worker(args: argparse.Namespace) -> None:
     """One measurement in this process; prints one JSON line."""
-    from pipeline.backbones import build_backbone
+    from pipeline.backbones import BackboneConfig, backbone_for
     from pipeline.extract import extract_features
     from pipeline.images import decode_image, list_images
 
-    bb = build_backbone(args.backbone, "none", precision=args.precision)
+    config = BackboneConfig(args.backbone, "none", precision=args.precision)
+    bb = backbone_for(config)
     listed = list_images(args.source)
     images = np.stack([decode_image(args.source / p, bb.input_size) for p in listed.paths])
     batch = args.batch_size
@@ -90,7 +91,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.e2e:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            extract_features(listed, Path(tmp) / "bench.h5", bb, batch_size=batch, progress=False)
+            extract_features(listed, Path(tmp) / "bench.h5", config, batch_size=batch, progress=False)
             res["e2e"] = len(images) / (time.perf_counter() - t0)
     keys = ("backend", "kernels", "onednn_env", "precision", "device")
     print(json.dumps({**res, **{k: bb.info[k] for k in keys}, "images": len(images)}), flush=True)
