@@ -185,7 +185,7 @@ def build_backbone(
         **kernels(),
     }
     backbone = Backbone(model, preprocess, info)
-    backbone.config = BackboneConfig(name, weights, alpha, image_size, pooling, mixed_precision)
+    backbone.config = BackboneConfig(name, weights, alpha, image_size, pooling, precision)
     return backbone
 
 
