@@ -1,0 +1,52 @@
+"""Learning without Forgetting (Li & Hoiem, 2016), class-incremental, no exemplars.
+
+After each task the head is copied and frozen. On a later task every new row
+also carries the frozen head's outputs on the old classes; the live head is
+trained with cross-entropy on the labels plus ``distill_weight`` times the
+distillation loss (Hinton et al.) between the two heads' temperature-softened
+distributions over the old classes (``temperature`` 2 and weight 1 as the paper).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.heads.cl.base import Method
+from pipeline.heads.cl.net import forward, softmax, weighted_mean
+
+
+class LwF(Method):
+    name = "lwf"
+
+    def __init__(self, temperature: float = 2.0, distill_weight: float = 1.0):
+        self.temperature, self.distill_weight = temperature, distill_weight
+        self.old_params_: list[np.ndarray] | None = None
+
+    def options(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "distill_weight": self.distill_weight}
+
+    def after_task(self, head: Any) -> None:
+        self.old_params_ = [p.copy() for p in head.params_]
+
+    def consts(self, head: Any) -> dict[str, Any]:
+        return {} if self.old_params_ is None else {"old": self.old_params_}
+
+    def targets(self, Z: np.ndarray) -> np.ndarray:
+        """The frozen head's softened distribution over the old classes (what the live head must match)."""
+        _, logits = forward(self.old_params_, Z)
+        return softmax(logits / self.temperature)
+
+    def loss(self, ops: Any, params: list[Any], batch: dict[str, Any], consts: dict[str, Any]) -> Any:
+        loss = super().loss(ops, params, batch, consts)
+        if "old" not in consts:
+            return loss
+        old = consts["old"]
+        n_old = old[-1].shape[0]
+        _, logits = forward(params, batch["x"], ops.relu)
+        _, old_logits = forward(old, batch["x"], ops.relu)
+        target = ops.softmax(old_logits / self.temperature, axis=-1)
+        logp = ops.log_softmax(logits[:, :n_old] / self.temperature, axis=-1)
+        distill = -ops.sum(target * logp, axis=-1)
+        return loss + self.distill_weight * weighted_mean(ops, distill, batch["w"])

@@ -1,0 +1,220 @@
+"""A trainable MLP head over stored features, with continual-learning methods.
+
+A small network (``hidden`` ReLU layers, default one of 512; ``hidden=0`` is
+a linear softmax) is trained by mini-batch Adam on each chunk it receives
+(``epochs`` passes over the chunk, ``batch_size`` rows per step, the last
+batch padded with zero-weight rows so the compiled step is traced once per
+output size). The softmax output grows a zero-initialised column when a class
+arrives: old logits are unchanged at that moment.
+
+Inputs are standardised with running statistics of the first task, frozen
+after it: later tasks then never move the inputs under the old weights, the
+frozen copies (LwF, iCaRL), the EWC anchors or the stored exemplars.
+
+``method`` (see :mod:`pipeline.heads.cl`): finetune, er, ewc, lwf, icarl, agem.
+Hooks: ``before_task(classes)``, ``after_task()`` (``end_task`` is the same).
+
+Weights live as numpy arrays; the compiled step (Keras backend: TensorFlow,
+JAX or torch, the one extraction uses) is rebuilt when needed and never saved.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> X = np.vstack([rng.normal(-2, 1, (64, 4)), rng.normal(2, 1, (64, 4))]).astype("float32")
+>>> head = MLPHead(hidden=0, epochs=20, batch_size=16, lr=0.05)
+>>> head.partial_fit(X, ["a"] * 64 + ["b"] * 64).predict(np.array([[-2.0] * 4, [2.0] * 4])).tolist()
+['a', 'b']
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from pipeline import keras_runtime as runtime
+from pipeline.errors import HeadError
+from pipeline.heads.base import Head
+from pipeline.heads.cl import Method, make_method
+from pipeline.heads.cl.net import forward, grow_output, init_params, pad_like, softmax
+
+BETA1, BETA2, EPS = 0.9, 0.999, 1e-7   # Keras' Adam defaults
+
+
+class MLPHead(Head):
+    name = "mlp"
+
+    def __init__(self, hidden: int | Sequence[int] = (512,), batch_size: int = 64, epochs: int = 10,
+                 lr: float = 1e-3, seed: int = 0, method: str = "finetune", **method_options: Any):
+        super().__init__()
+        self.hidden = (int(hidden),) if np.isscalar(hidden) else tuple(int(h) for h in hidden)
+        self.hidden = tuple(h for h in self.hidden if h > 0)
+        if batch_size < 1 or epochs < 1 or lr <= 0:
+            raise HeadError(f"mlp: batch_size and epochs must be >= 1 and lr > 0, got {batch_size}, {epochs}, {lr}")
+        self.batch_size, self.epochs, self.lr, self.seed = int(batch_size), int(epochs), float(lr), int(seed)
+        self.method_name = method
+        self.method: Method = make_method(method, seed=seed, **method_options)
+        self.params_: list[np.ndarray] | None = None
+        self.adam_: list[list[np.ndarray]] | None = None   # [first moments, second moments]
+        self.steps_ = 0
+        self.calls_ = 0
+        self.tasks_done_ = 0
+        self.scaler_: dict[str, Any] = {"n": 0, "mean": None, "m2": None, "frozen": False}
+        self.cache_: dict[str, Any] = {}
+        self._step: Any = None
+
+    # -- saving: data only ------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_step"] = None
+        state["cache_"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def settings(self) -> dict[str, Any]:
+        return {"hidden": list(self.hidden), "batch_size": self.batch_size, "epochs": self.epochs, "lr": self.lr,
+                "seed": self.seed, "method": self.method_name, **self.method.options()}
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method_name, "parameters": sum(p.size for p in self.params_ or []),
+                "tasks_done": self.tasks_done_, "optimizer_steps": self.steps_, **self.method.describe()}
+
+    # -- inputs -------------------------------------------------------------------
+    def _update_scaler(self, X: np.ndarray) -> None:
+        s = self.scaler_
+        if s["frozen"]:
+            return
+        Xd = np.asarray(X, np.float64)
+        n, mean, m2 = len(Xd), Xd.mean(axis=0), Xd.var(axis=0) * len(Xd)
+        if s["mean"] is None:
+            s.update(n=n, mean=mean, m2=m2)
+            return
+        total = s["n"] + n   # Chan et al.'s pairwise update
+        delta = mean - s["mean"]
+        s["mean"] = s["mean"] + delta * n / total
+        s["m2"] = s["m2"] + m2 + delta ** 2 * s["n"] * n / total
+        s["n"] = total
+
+    def standardise(self, X: np.ndarray) -> np.ndarray:
+        s = self.scaler_
+        scale = np.sqrt(s["m2"] / max(s["n"], 1))
+        return ((np.asarray(X, np.float64) - s["mean"]) / np.where(scale > 1e-6, scale, 1.0)).astype(np.float32)
+
+    def class_index(self, labels: Sequence[Hashable]) -> np.ndarray:
+        lookup = {c: i for i, c in enumerate(self.classes_)}
+        return np.array([lookup[c] for c in labels], np.int32)
+
+    # -- growth ---------------------------------------------------------------------
+    def _add_class(self, label: Hashable) -> None:
+        if self.params_ is not None:
+            self._grow()
+
+    def _grow(self) -> None:
+        n_out = len(self.classes_)
+        if self.params_ is None:
+            rng = np.random.default_rng([self.seed, 1])
+            self.params_ = init_params(self.n_features_in_, self.hidden, n_out, rng)
+            self.adam_ = [[np.zeros_like(p) for p in self.params_] for _ in range(2)]
+        elif self.params_[-1].shape[0] < n_out:
+            self.params_ = grow_output(self.params_, n_out)
+            self.adam_ = [pad_like(moments, self.params_) for moments in self.adam_]
+        self.cache_.clear()
+
+    # -- hooks ------------------------------------------------------------------------
+    def before_task(self, classes: Sequence[Hashable]) -> None:
+        """Optional: give the task's classes their output columns before its first row."""
+        self._class_indices(list(classes))
+        if self.n_features_in_ is not None:
+            self._grow()
+        self.method.before_task(self, classes)
+
+    def after_task(self) -> None:
+        """After a task: freeze the scaler, then the method's work (Fisher, frozen copy, exemplars)."""
+        if self.params_ is None:
+            return
+        self.scaler_["frozen"] = True
+        self.method.after_task(self)
+        self.tasks_done_ += 1
+        self.cache_.clear()
+
+    def end_task(self) -> None:
+        self.after_task()
+
+    # -- learning ------------------------------------------------------------------------
+    def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        k = self._class_indices(y).astype(np.int32)
+        self._update_scaler(X)
+        self._grow()
+        self.method.observe(self, X, y, paths)
+        Z = self.standardise(X)
+        rng = np.random.default_rng([self.seed, 2, self.calls_])
+        self.calls_ += 1
+        step = self._compiled_step()
+        params, m, v = (runtime.to_tensor(a) for a in (self.params_, *self.adam_))
+        consts = runtime.to_tensor(self.method.consts(self))
+        B = self.batch_size
+        for _ in range(self.epochs):
+            order = rng.permutation(len(Z))
+            for start in range(0, len(Z), B):
+                idx = order[start:start + B]
+                w = np.zeros(B, np.float32)
+                w[: len(idx)] = 1.0
+                idx = np.resize(idx, B)   # pad with repeated rows of weight 0
+                batch = {"x": Z[idx], "y": k[idx], "w": w}
+                if self.method.uses_memory:
+                    drawn = self.method.memory_batch(self, rng, B)
+                    if drawn is not None:
+                        batch["xr"], batch["yr"] = drawn
+                self.steps_ += 1
+                _, params, m, v = step(params, m, v, np.float32(self.steps_), np.float32(self.lr), batch, consts)
+        self.params_ = runtime.to_numpy(params)
+        self.adam_ = [runtime.to_numpy(m), runtime.to_numpy(v)]
+        self.cache_.clear()
+
+    def _compiled_step(self) -> Any:
+        if self._step is None:
+            self._step = runtime.compile_fn(_make_step(self.method))
+        return self._step
+
+    # -- prediction ------------------------------------------------------------------------
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        Z = self.standardise(X)
+        own = self.method.proba(self, Z)
+        return own if own is not None else softmax(self.logits(X))
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """The network's output scores, (n, classes)."""
+        self._check_fitted()
+        return forward(self.params_, self.standardise(self._check_X(X)))[1]
+
+    def embedding(self, X: np.ndarray) -> np.ndarray:
+        """The last hidden layer's output (the standardised input when ``hidden=0``)."""
+        return forward(self.params_, self.standardise(self._check_X(X)))[0]
+
+    def to_keras(self) -> Any:
+        """The network (standardisation excluded) as a Keras model with these weights, for export."""
+        keras = runtime.keras()
+        layers = [keras.Input((self.n_features_in_,))]
+        layers += [keras.layers.Dense(h, activation="relu") for h in self.hidden]
+        layers.append(keras.layers.Dense(len(self.classes_), activation="softmax"))
+        model = keras.Sequential(layers)
+        model.set_weights(self.params_)
+        return model
+
+
+def _make_step(method: Method) -> Any:
+    """One Adam step of ``method``'s loss, a pure function of tensors (compiled by the backend)."""
+    ops = runtime.keras().ops
+    value_and_grad = runtime.value_and_grad
+
+    def step(params: list[Any], m: list[Any], v: list[Any], t: Any, lr: Any, batch: dict[str, Any],
+             consts: dict[str, Any]) -> tuple[Any, list[Any], list[Any], list[Any]]:
+        loss, grads = method.loss_and_grads(ops, value_and_grad, params, batch, consts)
+        rate = lr * ops.sqrt(1.0 - ops.power(BETA2, t)) / (1.0 - ops.power(BETA1, t))
+        m = [BETA1 * a + (1.0 - BETA1) * g for a, g in zip(m, grads)]
+        v = [BETA2 * a + (1.0 - BETA2) * g * g for a, g in zip(v, grads)]
+        params = [p - rate * a / (ops.sqrt(b) + EPS) for p, a, b in zip(params, m, v)]
+        return loss, params, m, v
+
+    return step
