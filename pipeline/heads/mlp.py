@@ -38,6 +38,7 @@ from pipeline.heads.cl import Method, make_method
 from pipeline.heads.cl.net import forward, grow_output, init_params, pad_like, softmax
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-7   # Keras' Adam defaults
+GROUP = 16   # mini-batches per compiled call
 
 
 class MLPHead(Head):
@@ -150,27 +151,43 @@ class MLPHead(Head):
         Z = self.standardise(X)
         rng = np.random.default_rng([self.seed, 2, self.calls_])
         self.calls_ += 1
-        step = self._compiled_step()
+        idx, w = self._schedule(len(Z), rng)
+        run = self._compiled_step()
         params, m, v = (runtime.to_tensor(a) for a in (self.params_, *self.adam_))
         consts = runtime.to_tensor(self.method.consts(self))
-        B = self.batch_size
-        for _ in range(self.epochs):
-            order = rng.permutation(len(Z))
-            for start in range(0, len(Z), B):
-                idx = order[start:start + B]
-                w = np.zeros(B, np.float32)
-                w[: len(idx)] = 1.0
-                idx = np.resize(idx, B)   # pad with repeated rows of weight 0
-                batch = {"x": Z[idx], "y": k[idx], "w": w}
-                if self.method.uses_memory:
-                    drawn = self.method.memory_batch(self, rng, B)
-                    if drawn is not None:
-                        batch["xr"], batch["yr"] = drawn
-                self.steps_ += 1
-                _, params, m, v = step(params, m, v, np.float32(self.steps_), np.float32(self.lr), batch, consts)
+        t = np.float32(self.steps_)
+        for g in range(0, len(idx), GROUP):
+            batch = {"x": Z[idx[g:g + GROUP]], "y": k[idx[g:g + GROUP]], "w": w[g:g + GROUP]}
+            if self.method.uses_memory:
+                drawn = self.method.memory_batch(self, rng, GROUP * self.batch_size)
+                if drawn is not None:
+                    batch["xr"] = drawn[0].reshape(GROUP, self.batch_size, -1)
+                    batch["yr"] = drawn[1].reshape(GROUP, self.batch_size)
+            params, m, v, t = run(params, m, v, t, np.float32(self.lr), runtime.to_tensor(batch), consts)
+        self.steps_ += int(np.count_nonzero(w.sum(axis=1)))
         self.params_ = runtime.to_numpy(params)
         self.adam_ = [runtime.to_numpy(m), runtime.to_numpy(v)]
         self.cache_.clear()
+
+    def _schedule(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices and weights of every mini-batch of ``epochs`` shuffled passes, (batches, batch_size).
+
+        The last batch of a pass is padded with weight-0 rows, and the batch count
+        with all-zero batches (no update) up to a multiple of GROUP, so the compiled
+        loop always sees the same shapes.
+        """
+        B = self.batch_size
+        per_epoch = -(-n // B)
+        idx = np.zeros((self.epochs * per_epoch, B), np.int64)
+        w = np.zeros((self.epochs * per_epoch, B), np.float32)
+        for e in range(self.epochs):
+            order = rng.permutation(n)
+            flat_idx = np.resize(order, per_epoch * B)
+            flat_w = (np.arange(per_epoch * B) < n).astype(np.float32)
+            idx[e * per_epoch:(e + 1) * per_epoch] = flat_idx.reshape(per_epoch, B)
+            w[e * per_epoch:(e + 1) * per_epoch] = flat_w.reshape(per_epoch, B)
+        pad = -len(idx) % GROUP
+        return np.vstack([idx, np.zeros((pad, B), np.int64)]), np.vstack([w, np.zeros((pad, B), np.float32)])
 
     def _compiled_step(self) -> Any:
         if self._step is None:
@@ -204,17 +221,28 @@ class MLPHead(Head):
 
 
 def _make_step(method: Method) -> Any:
-    """One Adam step of ``method``'s loss, a pure function of tensors (compiled by the backend)."""
+    """GROUP Adam steps of ``method``'s loss in one compiled loop, a pure function of tensors.
+
+    A batch whose weights are all zero (padding) leaves parameters, moments and
+    the step count unchanged.
+    """
     ops = runtime.keras().ops
     value_and_grad = runtime.value_and_grad
 
-    def step(params: list[Any], m: list[Any], v: list[Any], t: Any, lr: Any, batch: dict[str, Any],
-             consts: dict[str, Any]) -> tuple[Any, list[Any], list[Any], list[Any]]:
-        loss, grads = method.loss_and_grads(ops, value_and_grad, params, batch, consts)
-        rate = lr * ops.sqrt(1.0 - ops.power(BETA2, t)) / (1.0 - ops.power(BETA1, t))
-        m = [BETA1 * a + (1.0 - BETA1) * g for a, g in zip(m, grads)]
-        v = [BETA2 * a + (1.0 - BETA2) * g * g for a, g in zip(v, grads)]
-        params = [p - rate * a / (ops.sqrt(b) + EPS) for p, a, b in zip(params, m, v)]
-        return loss, params, m, v
+    def run(params: list[Any], m: list[Any], v: list[Any], t: Any, lr: Any, batches: dict[str, Any],
+            consts: dict[str, Any]) -> tuple[list[Any], list[Any], list[Any], Any]:
+        def body(i: Any, carry: tuple) -> tuple:
+            params, m, v, t = carry
+            batch = {key: value[i] for key, value in batches.items()}
+            active = ops.cast(ops.sum(batch["w"]) > 0, "float32")
+            _, grads = method.loss_and_grads(ops, value_and_grad, params, batch, consts)
+            t = t + active
+            rate = active * lr * ops.sqrt(1.0 - ops.power(BETA2, t)) / (1.0 - ops.power(BETA1, ops.maximum(t, 1.0)))
+            m = [a + active * (1.0 - BETA1) * (g - a) for a, g in zip(m, grads)]
+            v = [b + active * (1.0 - BETA2) * (g * g - b) for b, g in zip(v, grads)]
+            params = [p - rate * a / (ops.sqrt(b) + EPS) for p, a, b in zip(params, m, v)]
+            return params, m, v, t
 
-    return step
+        return ops.fori_loop(0, GROUP, body, (params, m, v, t))
+
+    return run
