@@ -39,6 +39,7 @@ from pipeline.heads.cl.net import forward, grow_output, init_params, pad_like, s
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-7   # Keras' Adam defaults
 GROUP = 16   # mini-batches per compiled call
+_STEPS: dict[tuple, Any] = {}   # compiled steps, per backend, method and options
 
 
 class MLPHead(Head):
@@ -86,6 +87,7 @@ class MLPHead(Head):
         s = self.scaler_
         if s["frozen"]:
             return
+        self.cache_.pop("scale", None)
         Xd = np.asarray(X, np.float64)
         n, mean, m2 = len(Xd), Xd.mean(axis=0), Xd.var(axis=0) * len(Xd)
         if s["mean"] is None:
@@ -98,9 +100,13 @@ class MLPHead(Head):
         s["n"] = total
 
     def standardise(self, X: np.ndarray) -> np.ndarray:
-        s = self.scaler_
-        scale = np.sqrt(s["m2"] / max(s["n"], 1))
-        return ((np.asarray(X, np.float64) - s["mean"]) / np.where(scale > 1e-6, scale, 1.0)).astype(np.float32)
+        """``(X - mean) / std`` in float32 (statistics of the first task)."""
+        if "scale" not in self.cache_:
+            s = self.scaler_
+            std = np.sqrt(s["m2"] / max(s["n"], 1))
+            self.cache_["scale"] = (s["mean"].astype(np.float32), (1.0 / np.where(std > 1e-6, std, 1.0)).astype(np.float32))
+        mean, inv = self.cache_["scale"]
+        return (np.asarray(X, np.float32) - mean) * inv
 
     def class_index(self, labels: Sequence[Hashable]) -> np.ndarray:
         lookup = {c: i for i, c in enumerate(self.classes_)}
@@ -191,7 +197,11 @@ class MLPHead(Head):
 
     def _compiled_step(self) -> Any:
         if self._step is None:
-            self._step = runtime.compile_fn(_make_step(self.method))
+            # the step reads only the method's options (its arrays come in as arguments): share it
+            key = (runtime.backend(), type(self.method), tuple(sorted(self.method.options().items())))
+            if key not in _STEPS:
+                _STEPS[key] = runtime.compile_fn(_make_step(self.method))
+            self._step = _STEPS[key]
         return self._step
 
     # -- prediction ------------------------------------------------------------------------
