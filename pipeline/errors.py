@@ -27,3 +27,7 @@ class ModelFileError(PipelineError):
 
 class OptionError(PipelineError):
     """A command-line option has a value that cannot work."""
+
+
+class InteropError(PipelineError):
+    """An embedding folder cannot be imported or exported (layout, columns, missing pyarrow)."""

@@ -205,18 +205,20 @@ class FeatureStore:
     def identity(self) -> dict[str, Any]:
         return {key: self.meta.get(key, "") for key in IDENTITY_KEYS}
 
-    def labels(self) -> np.ndarray:
-        return self._file["labels"][: self.n_rows]
+    def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.n_rows if stop is None else min(stop, self.n_rows)
+        return self._file["labels"][start:stop]
 
     def paths(self, start: int = 0, stop: int | None = None) -> list[str]:
         stop = self.n_rows if stop is None else min(stop, self.n_rows)
         return [p.decode("utf-8") if isinstance(p, bytes) else p for p in self._file["paths"][start:stop]]
 
-    def skipped(self) -> list[tuple[str, str]]:
+    def skipped(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """Files that could not be decoded, with their reasons (the first ``limit`` when given)."""
         if "skipped" not in self._file:
             return []
         group = self._file["skipped"]
-        return [(p.decode(), r.decode()) for p, r in zip(group["paths"][:], group["reasons"][:])]
+        return [(p.decode(), r.decode()) for p, r in zip(group["paths"][:limit], group["reasons"][:limit])]
 
     def read(self, start: int, stop: int) -> Chunk:
         stop = min(stop, self.n_rows)
