@@ -105,7 +105,7 @@ def compile_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
     if name == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, autograph=False, jit_compile=os.environ.get("PIPELINE_XLA") == "1")
+        return tf.function(fn, autograph=False)
     return fn
 
 
