@@ -44,7 +44,7 @@ def run_order(method: str, tasks: list[list[str]], train: FeatureStream, test: F
     matrix, after_each, learn_s = [], [], 0.0
     for i, task in enumerate(tasks):
         t0 = time.perf_counter()
-        head.before_task(task)
+        head.before_task(i, task)
         for batch in train.with_options(classes=set(task)):
             head.partial_fit(batch.X, batch.y, batch.paths)
         head.after_task()

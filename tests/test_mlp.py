@@ -53,7 +53,7 @@ def test_grown_output_keeps_old_logits():
     X, _ = blobs(["a", "b"], seed=5)
     before = head.logits(X)
     moments = [m.copy() for m in head.adam_[0]]
-    head.before_task(["c"])
+    head.before_task(1, ["c"])
     after = head.logits(X)
     assert after.shape == (len(X), 3)
     np.testing.assert_array_equal(after[:, :2], before)

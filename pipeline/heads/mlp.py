@@ -2,7 +2,8 @@
 
 A small network (``hidden`` ReLU layers, default one of 512; ``hidden=0`` is
 a linear softmax) is trained by mini-batch Adam on each chunk it receives
-(``epochs`` passes over the chunk, ``batch_size`` rows per step, the last
+(``epochs`` passes over the chunk, default 1: the training loop repeats each
+task ``--epochs`` times; ``batch_size`` rows per step, the last
 batch padded with zero-weight rows so the compiled step is traced once per
 output size). The softmax output grows a zero-initialised column when a class
 arrives: old logits are unchanged at that moment.
@@ -12,7 +13,7 @@ after it: later tasks then never move the inputs under the old weights, the
 frozen copies (LwF, iCaRL), the EWC anchors or the stored exemplars.
 
 ``method`` (see :mod:`pipeline.heads.cl`): finetune, er, ewc, lwf, icarl, agem.
-Hooks: ``before_task(classes)``, ``after_task()`` (``end_task`` is the same).
+Hooks: ``before_task(task, classes)``, ``after_task()`` (``end_task`` is the same).
 
 Weights live as numpy arrays; the compiled step (Keras backend: TensorFlow,
 JAX or torch, the one extraction uses) is rebuilt when needed and never saved.
@@ -45,7 +46,7 @@ _STEPS: dict[tuple, Any] = {}   # compiled steps, per backend, method and option
 class MLPHead(Head):
     name = "mlp"
 
-    def __init__(self, hidden: int | Sequence[int] = (512,), batch_size: int = 64, epochs: int = 10,
+    def __init__(self, hidden: int | Sequence[int] = (512,), batch_size: int = 64, epochs: int = 1,
                  lr: float = 1e-3, seed: int = 0, method: str = "finetune", **method_options: Any):
         super().__init__()
         self.hidden = (int(hidden),) if np.isscalar(hidden) else tuple(int(h) for h in hidden)
@@ -129,8 +130,8 @@ class MLPHead(Head):
         self.cache_.clear()
 
     # -- hooks ------------------------------------------------------------------------
-    def before_task(self, classes: Sequence[Hashable]) -> None:
-        """Optional: give the task's classes their output columns before its first row."""
+    def before_task(self, task: int, classes: Sequence[Hashable]) -> None:
+        """Before task ``task``'s first row: give its classes their output columns (optional)."""
         self._class_indices(list(classes))
         if self.n_features_in_ is not None:
             self._grow()
