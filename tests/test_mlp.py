@@ -210,7 +210,7 @@ def test_state_is_data_only_and_a_rebuilt_head_predicts_identically(method):
         h.partial_fit(Xn, yn)
     for p, q in zip(head.params_, again.params_):
         np.testing.assert_array_equal(p, q)
-    assert MLPHead(**{k: v for k, v in head.settings().items()}).settings() == head.settings()
+    assert MLPHead(**head.settings()).settings() == head.settings()
 
 
 def test_keras_export_matches_numpy_prediction():
@@ -221,8 +221,9 @@ def test_keras_export_matches_numpy_prediction():
 
 
 def test_bad_options_are_refused_by_name():
-    with pytest.raises(HeadError, match="ewc_lambda"):
+    with pytest.raises(HeadError, match="--ewc-lambda is read only by --method ewc"):
         MLPHead(method="er", ewc_lambda=1.0)
+    MLPHead(method="er", ewc_lambda=1e5)    # another method's option at its default: ignored (the registry fills defaults)
     with pytest.raises(HeadError, match="unknown method"):
         MLPHead(method="gem")
     with pytest.raises(HeadError, match="batch_size"):

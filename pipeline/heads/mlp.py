@@ -35,7 +35,7 @@ import numpy as np
 from pipeline import keras_runtime as runtime
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
-from pipeline.heads.cl import Method, make_method
+from pipeline.heads.cl import ALL_METHOD_OPTIONS, Method, make_method, method_settings
 from pipeline.heads.cl.net import forward, grow_output, init_params, pad_like, softmax
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-7   # Keras' Adam defaults
@@ -46,8 +46,10 @@ _STEPS: dict[tuple, Any] = {}   # compiled steps, per backend, method and option
 class MLPHead(Head):
     name = "mlp"
 
-    def __init__(self, hidden: int | Sequence[int] = (512,), batch_size: int = 64, epochs: int = 1,
-                 lr: float = 1e-3, seed: int = 0, method: str = "finetune", **method_options: Any):
+    def __init__(self, hidden: int | Sequence[int] = 512, batch_size: int = 64, epochs: int = 1,
+                 lr: float = 1e-3, seed: int = 0, method: str = "finetune", memory: int = 2000,
+                 pool_size: int = 1000, ewc_lambda: float = 1e5, gamma: float = 1.0, temperature: float = 2.0,
+                 distill_weight: float = 1.0):
         super().__init__()
         self.hidden = (int(hidden),) if np.isscalar(hidden) else tuple(int(h) for h in hidden)
         self.hidden = tuple(h for h in self.hidden if h > 0)
@@ -55,7 +57,9 @@ class MLPHead(Head):
             raise HeadError(f"mlp: batch_size and epochs must be >= 1 and lr > 0, got {batch_size}, {epochs}, {lr}")
         self.batch_size, self.epochs, self.lr, self.seed = int(batch_size), int(epochs), float(lr), int(seed)
         self.method_name = method
-        self.method: Method = make_method(method, seed=seed, **method_options)
+        given = {"memory": memory, "pool_size": pool_size, "ewc_lambda": ewc_lambda, "gamma": gamma,
+                 "temperature": temperature, "distill_weight": distill_weight}
+        self.method: Method = make_method(method, seed=seed, **method_settings(method, given))
         self.params_: list[np.ndarray] | None = None
         self.adam_: list[list[np.ndarray]] | None = None   # [first moments, second moments]
         self.steps_ = 0
@@ -76,8 +80,9 @@ class MLPHead(Head):
         self.__dict__.update(state)
 
     def settings(self) -> dict[str, Any]:
-        return {"hidden": list(self.hidden), "batch_size": self.batch_size, "epochs": self.epochs, "lr": self.lr,
-                "seed": self.seed, "method": self.method_name, **self.method.options()}
+        hidden = list(self.hidden) if len(self.hidden) > 1 else (self.hidden[0] if self.hidden else 0)
+        return {"hidden": hidden, "batch_size": self.batch_size, "epochs": self.epochs, "lr": self.lr,
+                "seed": self.seed, "method": self.method_name, **ALL_METHOD_OPTIONS, **self.method.options()}
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method_name, "parameters": sum(p.size for p in self.params_ or []),
