@@ -55,6 +55,14 @@ def main() -> None:
     _show_warnings()
 
 
+TRUST_PICKLE_HELP = ("Also load models stored as Python pickles (version-1 files, --engine river models). "
+                     "Unpickling can run any code the file holds: use only for files you trust.")
+
+
+def trust_pickle_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--trust-pickle", is_flag=True, help=TRUST_PICKLE_HELP)(func)
+
+
 class OptionType(click.ParamType):
     """A click type from a declared :class:`pipeline.heads.registry.Option`: the same rules as the library
     (finite numbers only, in range, ``auto`` where allowed)."""
