@@ -213,6 +213,17 @@ def test_state_is_data_only_and_a_rebuilt_head_predicts_identically(method):
     assert MLPHead(**head.settings()).settings() == head.settings()
 
 
+@pytest.mark.parametrize("method", ["finetune", "icarl"])
+def test_saved_through_the_data_only_model_format(tmp_path, method):
+    from pipeline.models import TrainedModel, load_model, save_model
+
+    head = fitted(method, tasks=2)
+    X, _ = blobs(["a", "b", "c", "d"], 20, seed=6)
+    save_model(TrainedModel(head, "mlp", {"feature_dim": DIM}), tmp_path / "model")
+    loaded = load_model(tmp_path / "model").head
+    np.testing.assert_array_equal(loaded.predict_proba(X), head.predict_proba(X))
+
+
 def test_keras_export_matches_numpy_prediction():
     head = fitted(tasks=2)
     X, _ = blobs(["a", "c"], 10, seed=3)

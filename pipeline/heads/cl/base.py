@@ -20,6 +20,12 @@ class Method:
     name = "finetune"
     uses_memory = False   # batches carry rows drawn from the exemplar memory ("xr", "yr")
 
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)   # a dict even when empty (finetune), as the data-only format needs
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def options(self) -> dict[str, Any]:
         """The method's own settings (saved with the head)."""
         return {}
