@@ -44,6 +44,9 @@ def _split_head_options(head: str, given: dict[str, Any], replay: bool) -> tuple
     caps = head_class(head).capabilities
     if replay and caps.keeps_exemplars:
         raise OptionError(f"--replay: --head {head} keeps its own exemplars; replay would only count them twice")
+    if replay and given.get("method") in ("er", "icarl", "agem"):
+        raise OptionError(f"--replay: --method {given['method']} keeps its own exemplar memory; "
+                          "replay would only count those rows twice")
     if replay and caps.order_free:
         raise OptionError(f"--replay: --head {head} does not forget (its result does not depend on row order), "
                           "so replay would only count rows twice")
