@@ -78,7 +78,7 @@ def plot_confusion(metrics: dict[str, Any], path: str | Path, counts: bool | Non
     totals = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
     side = min(max(5.0, 1.5 + 0.28 * n), 20.0)
-    font = 9 if n <= 15 else 7 if n <= 30 else 5
+    font = 9 if n <= 15 else 8 if n <= 30 else 7  # a cell is about 20 pt high at 50 classes
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
     im = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
     if show_counts:
