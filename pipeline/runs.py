@@ -78,7 +78,8 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                  quiet: bool = False, increment: int | None = None, tasks: str | None = None,
                  class_order: str | None = None, no_joint: bool = False, replay: bool = False,
                  first_increment: int | None = None, orders: int | None = None, order_seed: int | None = None,
-                 log_dir: Path | None = None, echo: Echo = print, out: Echo = print) -> dict[str, Any]:
+                 log_dir: Path | None = None, executor: str = "local", workers: int | None = None,
+                 echo: Echo = print, out: Echo = print) -> dict[str, Any]:
     """Train (or continue) a head on feature stores; returns the metrics dictionary.
 
     ``head_options`` are the head's own options (see ``pipeline.heads.registry``), plus
@@ -149,7 +150,14 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                             replay_memory=replay_opts.get("memory", 2000),
                             pool_size=replay_opts.get("pool_size", 1000), seed=seed, progress=not quiet,
                             log_dir=log_dir)
-        metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+        if executor == "local":
+            metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+        else:  # mergeable heads only: map rows to workers, reduce with the heads' exact merge
+            from pipeline.parallel_train import check_parallel, open_executor, train_parallel
+
+            check_parallel(model.head_name, model.head, opts)
+            with open_executor(executor, workers, progress=not quiet) as pool:
+                metrics = train_parallel(model, train_stream, test_stream, opts, pool, log=echo)
         metrics["stores"] = [str(p) for p in stores]
         metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)
         metrics["holdout_fraction"] = holdout
@@ -352,7 +360,8 @@ def run_merge(paths: Sequence[Path], output: Path, out: Echo = print) -> Trained
     first = models[0]
     if not first.head.mergeable:
         mergeable = [n for n, cls in heads().items() if cls.capabilities.mergeable]
-        raise OptionError(f"{first.head_name} models cannot be merged exactly; only {', '.join(mergeable)} can")
+        raise OptionError(f"{first.head_name} models cannot be merged exactly; only {', '.join(mergeable)} "
+                          "and nme --class-means exact can")
     if len({Path(p).resolve() for p in paths}) < len(paths):
         raise OptionError("merge was given the same model file twice: its rows would count twice")
     _refuse_overlap(paths, models)

@@ -28,6 +28,7 @@ Examples:
   train-incremental data/train.h5 --holdout 0.3 --eval-every 1000 --log-dir runs/logreg
   train-incremental data/c100.h5 --test data/c100-val.h5 --head nme --first-increment 50 --increment 10
   train-incremental data/train.h5 --test data/val.h5 --head slda --increment 2 --orders 3 --metrics-out m.json
+  train-incremental data/shard-*.h5 --head slda --holdout 0.2 --executor ray --workers 8
 
 Saved models are pickles: only load (--resume) model files you trust.
 """
@@ -101,6 +102,11 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
 @click.option("--no-joint", is_flag=True, help="Skip the joint reference (same head trained on all classes at once).")
 @click.option("--replay", is_flag=True, help="Mix exemplars of earlier classes into the stream (experience replay).")
 @_run("orders")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: learn stores / row ranges in parallel on a Ray cluster (RAY_ADDRESS, else a local Ray) "
+                   "and merge exactly; slda, ridge and nme --class-means exact only.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Ray tasks running at once [default: one per CPU of the cluster].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @friendly_errors
 def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: float, test_stores: tuple[Path, ...],
@@ -108,8 +114,8 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                           metrics_out: Path | None, plot: Path | None, log_dir: Path | None, model_out: Path | None,
                           checkpoint_every: int, resume: Path | None, allow_incomplete: bool,
                           increment: int | None, first_increment: int | None, tasks: str | None,
-                          class_order: str | None, no_joint: bool, replay: bool, orders: int | None, quiet: bool,
-                          **options: Any) -> None:
+                          class_order: str | None, no_joint: bool, replay: bool, orders: int | None, executor: str,
+                          workers: int | None, quiet: bool, **options: Any) -> None:
     """Stream feature STORES chunk by chunk into an incremental classifier.
 
     Evaluates progressively (predict, then learn, every row) and on held-out
@@ -125,4 +131,5 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                  checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete, quiet=quiet,
                  increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint, replay=replay,
                  first_increment=first_increment, orders=orders, log_dir=log_dir,
+                 executor=executor, workers=workers,
                  echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)), out=click.echo)

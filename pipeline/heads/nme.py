@@ -64,6 +64,11 @@ class NMEHead(Head):
         self.pools_ = ClassPools(pool_size, seed)
         self._means: np.ndarray | None = None
 
+    @property
+    def mergeable(self) -> bool:  # type: ignore[override]
+        """Exact class means are sums over rows, so models of disjoint rows merge exactly."""
+        return self.class_means == "exact"
+
     def settings(self) -> dict[str, Any]:
         return {"memory": self.memory, "class_means": self.class_means, "pool_size": self.pool_size, "seed": self.seed}
 
@@ -106,6 +111,33 @@ class NMEHead(Head):
         self.rows_seen_ += len(X)
         self._means = None
         return preds
+
+    def merge(self, other: "NMEHead") -> "NMEHead":
+        """Fold in a model trained on other rows (``class_means="exact"`` only).
+
+        The class sums and counts add, so the means, the spread and every
+        prediction equal training on both. Herding candidates and exemplars are
+        sampled from both models: the kept exemplars may differ from one run's.
+        """
+        if type(other) is not NMEHead or not self.mergeable or self.settings() != other.settings():
+            raise HeadError("only nme models with --class-means exact and the same settings merge exactly; "
+                            f"got {self.settings()} and {getattr(other, 'settings', dict)()}")
+        if not other.rows_seen_:
+            return self
+        if self.n_features_in_ is None:
+            self.n_features_in_ = other.n_features_in_
+        elif other.n_features_in_ != self.n_features_in_:
+            raise HeadError(f"cannot merge models of {self.n_features_in_} and {other.n_features_in_} features")
+        ks = self._class_indices(other.classes_)
+        self.sums_[ks] += other.sums_
+        self.counts_[ks] += other.counts_
+        self.rows_seen_ += other.rows_seen_
+        self.pools_.merge(other.pools_)
+        if other.memory_.size:
+            self.memory_.update({c: (s.X, s.paths) for c, s in other.memory_.sets.items()},
+                                {c: self.sums_[k] / max(1, self.counts_[k]) for k, c in enumerate(self.classes_)})
+        self._means = None
+        return self
 
     def end_task(self) -> None:
         """Herd exemplars for the classes that streamed since the last call."""
