@@ -172,3 +172,12 @@ def test_confusion_plot_of_fifty_classes_is_a_readable_png(tmp_path):
     plot_confusion(metrics, tmp_path / "c.png")
     with Image.open(tmp_path / "c.png") as im:
         assert im.format == "PNG" and min(im.size) >= 1500  # about 30 px per class
+
+
+def test_ray_executor_refuses_log_dir_before_starting_ray(tmp_path):
+    from pipeline.errors import PipelineError
+
+    store = make_blobs_store(tmp_path / "s.h5", 200, 8, ["a", "b"])
+    with pytest.raises(PipelineError, match="--log-dir needs sequential training"):
+        run_training([store], head="slda", holdout=0.3, executor="ray", log_dir=tmp_path / "logs", **quiet)
+    assert not (tmp_path / "logs").exists()
