@@ -80,6 +80,9 @@ def test_three_orders_give_three_runs_and_their_mean_and_std(tmp_path):
     # order 1 is the run a plain --increment run with the same --seed makes; its model is the one saved
     plain = run_training([store], head="softmax", holdout=0.3, increment=2, seed=5, **quiet)
     assert runs[0]["tasks"] == plain["tasks"] and runs[0]["final_accuracy"] == plain["final_accuracy"]
+    # the joint reference ignores the class order: trained once, the plain run's, reported for every order
+    assert [r["joint_accuracy"] for r in runs] == [plain["joint_accuracy"]] * 3
+    assert runs[2]["joint_minus_final"] == pytest.approx(plain["joint_accuracy"] - runs[2]["final_accuracy"])
     assert load_model(tmp_path / "model.pkl").head.rows_seen_ == runs[0]["rows_seen"]
     for k in (1, 2, 3):
         assert (tmp_path / f"p.order-{k}.png").is_file() and (tmp_path / f"p.order-{k}.confusion.png").is_file()
