@@ -10,7 +10,6 @@ position, so a resumed store is identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import queue
 import shutil
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from pipeline.backbones import Backbone
 from pipeline.errors import StoreError
-from pipeline.images import ImageSource, decode_image
+from pipeline.images import ImageSource, listing_digest
 from pipeline.store import FeatureStore, StoreWriter, atomic_path
 
 SHARD_GLOB = "shard-*.h5"
@@ -64,18 +63,13 @@ def file_order(n: int, seed: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
 
 
-def _listing_digest(source: ImageSource) -> str:
-    text = "\n".join(f"{p}\t{lab or ''}" for p, lab in zip(source.paths, source.labels))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def extraction_settings(source: ImageSource, backbone: Backbone, *, seed: int, shuffle: bool,
                         batch_size: int, dtype: str) -> dict[str, Any]:
     """Everything that must match for a partial run to be continued."""
     ident = {k: backbone.info[k] for k in ("backbone", "weights", "alpha", "input_size", "pooling", "preprocessing")}
     return {**ident, "source_root": str(source.root.resolve()), "layout": source.layout, "seed": seed,
             "shuffle": shuffle, "batch_size": batch_size, "dtype": dtype, "files": len(source.paths),
-            "listing_sha256": _listing_digest(source)}
+            "listing_sha256": listing_digest(source)}
 
 
 def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -245,10 +239,7 @@ def extract_features(
     n = len(order)
 
     def decode(i: int) -> np.ndarray | str:
-        try:
-            return decode_image(source.root / source.paths[i], size)
-        except Exception as exc:  # any undecodable file is skipped with its reason
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return source.decode(i, size)
 
     writer = _ShardWriter(parts, attrs, backbone.feature_dim, dtype, checkpoint_rows, checkpoint_seconds)
     writer.start()
