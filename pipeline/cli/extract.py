@@ -77,7 +77,7 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
         if not listed.paths:
             click.echo(f"nothing to extract: all {excluded} files are already in the excluded stores")
             return
-    done_before = f"; {excluded} files already in the excluded stores were skipped" if exclude else ""
+    done_before = f"; {excluded} files already in the excluded stores were left out" if exclude else ""
     if model_path is not None:
         bb = load_user_model(model_path, layer, pooling)
     else:
