@@ -191,3 +191,17 @@ def test_interrupted_tar_extraction_resumes_to_an_identical_store(dataset, tmp_p
     straight, resumed = _read(tmp_path / "straight.h5"), _read(tmp_path / "resumed.h5")
     for name in straight:
         np.testing.assert_array_equal(straight[name], resumed[name])
+
+
+def test_cli_reports_bad_shards_cleanly(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["extract-features", f"{tmp_path}/s-{{000..003}}.tar", "-o", str(tmp_path / "o.h5")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "4 of the 4 shards" in result.output, result.output
+    (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 64)
+    result = CliRunner().invoke(main, ["extract-features", str(tmp_path / "bad.tar"), "-o", str(tmp_path / "o.h5")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "not an uncompressed tar shard" in result.output, result.output

@@ -187,7 +187,7 @@ def _read_shard(tar_path: Path, label_key: str | None) -> tuple[list[tuple[str, 
 
 def _sample(tar: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo],
             label_key: str | None) -> tuple[str, int, int, str | None, str | None]:
-    label_member = parts.get(label_key) if label_key else next((parts[k] for k in LABEL_KEYS if k in parts), None)
+    label_member = parts.get(label_key.lower()) if label_key else next((parts[k] for k in LABEL_KEYS if k in parts), None)
     label = _label(tar, label_member) if label_member is not None else None
     image = next((parts[k] for k in IMAGE_KEYS if k in parts), None)
     if image is None:
