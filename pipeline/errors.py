@@ -29,5 +29,13 @@ class OptionError(PipelineError):
     """A command-line option has a value that cannot work."""
 
 
+class TrainingError(PipelineError):
+    """Training produced nothing usable (diverged, learnt nothing); the model is not saved."""
+
+
+class ExecutorError(PipelineError):
+    """A parallel executor is not installed, cannot be reached, or cannot run this job."""
+
+
 class InteropError(PipelineError):
     """An embedding folder cannot be imported or exported (layout, columns, missing pyarrow)."""

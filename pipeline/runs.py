@@ -14,82 +14,138 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.errors import ModelFileError, OptionError
-from pipeline.heads import make_head
+from pipeline.heads import head_class, heads, make_head
+from pipeline.heads.registry import readers
 from pipeline.models import TrainedModel, backbone_metadata, load_model, save_model
-from pipeline.stream import FeatureStream, check_identity
+from pipeline.options import check_run_options
+from pipeline.plugins import REPLAY_OPTIONS
+from pipeline.stream import FeatureStream, StoreScan, check_identity
 from pipeline.train import TrainOptions, check_model_fits, evaluate_head, make_tasks, train
 
 Echo = Callable[[str], None]
-HEAD_OPTIONS = ("optimizer", "lr", "l2", "batch_size", "memory", "class_means", "pool_size", "shrinkage",
-                "ridge_lambda", "random_features")
 
 
-def _head_options(params: dict[str, Any]) -> dict[str, Any]:
-    """Head options given on the command line (make_head keeps those the head takes)."""
-    opts = {k: params.get(k) for k in HEAD_OPTIONS if params.get(k) is not None}
-    if params.get("no_scale"):
-        opts["scale"] = False
-    return opts
+def open_checked(paths: Sequence[Path], what: str, **stream_options: Any) -> tuple[FeatureStream, StoreScan]:
+    """Open stores as one stream and validate every row once (NaN / infinite features refused):
+    the one validation every command uses."""
+    stream = FeatureStream(paths, **stream_options)
+    try:
+        scan = stream.scan()
+        if scan.labelled == 0:
+            raise OptionError(f"the {what} hold no labelled rows")
+    except Exception:
+        stream.close()
+        raise
+    return stream, scan
 
 
-def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str = "numpy",
-                 holdout: float = 0.0, test_stores: Sequence[Path] = (), eval_every: int = 0, epochs: int = 1,
-                 shuffle_buffer: int = 0, chunk_rows: int = 4096, seed: int = 0,
+def _split_head_options(head: str, given: dict[str, Any], replay: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(options for the head, options for --replay); refuses what neither reads."""
+    caps = head_class(head).capabilities
+    if replay and caps.keeps_exemplars:
+        raise OptionError(f"--replay: --head {head} keeps its own exemplars; replay would only count them twice")
+    if replay and caps.order_free:
+        raise OptionError(f"--replay: --head {head} does not forget (its result does not depend on row order), "
+                          "so replay would only count rows twice")
+    taken = {o.name: given.pop(o.name) for o in REPLAY_OPTIONS if replay and o.name in given}
+    for o in REPLAY_OPTIONS:
+        if o.name in given and head not in readers(o.name):
+            raise OptionError(f"{o.cli_flag} is read by {', '.join(readers(o.name))} and by --replay; "
+                              f"--head {head} without --replay does not use it")
+    replay_opts = {o.name: o.check(taken.get(o.name, o.default), "--replay") for o in REPLAY_OPTIONS} if replay else {}
+    return given, replay_opts
+
+
+def _check_contradictions(holdout: float, test_stores: Sequence[Path], checkpoint_every: int,
+                          model_out: Path | None, incremental: bool, replay: bool, no_joint: bool) -> None:
+    if holdout and test_stores:
+        raise OptionError("--holdout and --test both say what to evaluate on: give one")
+    if checkpoint_every and model_out is None:
+        raise OptionError("--checkpoint-every needs --model-out (where to save the checkpoints)")
+    if not incremental:
+        for flag, given in (("--replay", replay), ("--no-joint", no_joint)):
+            if given:
+                raise OptionError(f"{flag} only acts in class-incremental runs (--increment or --tasks)")
+
+
+def run_training(stores: Sequence[Path], *, head: str | None = None, head_options: dict[str, Any] | None = None,
+                 holdout: float = 0.0, test_stores: Sequence[Path] = (), eval_every: int = 0,
+                 epochs: int | None = None, shuffle_buffer: int = 0, chunk_rows: int = 4096, seed: int = 0,
                  metrics_out: Path | None = None, plot: Path | None = None, model_out: Path | None = None,
                  checkpoint_every: int = 0, resume: Path | None = None, allow_incomplete: bool = False,
                  quiet: bool = False, increment: int | None = None, tasks: str | None = None,
                  class_order: str | None = None, no_joint: bool = False, replay: bool = False,
-                 echo: Echo = print, out: Echo = print, **head_params: Any) -> dict[str, Any]:
-    """Train (or continue) a head on feature stores; returns the metrics dictionary."""
-    if checkpoint_every and model_out is None and resume is None:
-        raise OptionError("--checkpoint-every needs --model-out (where to save the checkpoints)")
+                 executor: str = "local", workers: int | None = None,
+                 echo: Echo = print, out: Echo = print) -> dict[str, Any]:
+    """Train (or continue) a head on feature stores; returns the metrics dictionary.
+
+    ``head_options`` are the head's own options (see ``pipeline.heads.registry``), plus
+    ``memory`` / ``pool_size`` for ``replay``. Everything is validated before anything is written.
+    """
+    nums = check_run_options({"holdout": holdout, "eval_every": eval_every, "epochs": epochs,
+                              "shuffle_buffer": shuffle_buffer, "chunk_rows": chunk_rows, "seed": seed,
+                              "checkpoint_every": checkpoint_every, "increment": increment})
     if model_out is None and resume is not None:
         model_out = resume
-    train_stream = FeatureStream(stores, allow_incomplete=allow_incomplete, chunk_rows=chunk_rows,
-                                 holdout=holdout, split="train" if holdout else "all",
-                                 shuffle_buffer=shuffle_buffer, seed=seed)
+    incremental = increment is not None or tasks is not None
+    _check_contradictions(holdout, test_stores, checkpoint_every, model_out, incremental, replay, no_joint)
+    given = dict(head_options or {})
+    model = load_model(resume) if resume is not None else None
+    if model is not None and head is not None and head != model.head_name:
+        raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
+    head = model.head_name if model is not None else head or "logreg"
+    given, replay_opts = _split_head_options(head, given, replay)
+    if model is not None:
+        _check_resumed_settings(model, given)
+    elif "seed" in {o.name for o in head_class(head).options}:
+        given.setdefault("seed", seed)
+    epochs = nums["epochs"] or head_class(head).capabilities.default_epochs
+
+    train_stream, scan = open_checked(stores, "training stores", allow_incomplete=allow_incomplete,
+                                      chunk_rows=chunk_rows, holdout=holdout, split="train" if holdout else "all",
+                                      shuffle_buffer=shuffle_buffer, seed=seed)
     test_stream: FeatureStream | None = None
     try:
+        if scan.labelled - scan.heldout == 0:
+            raise OptionError(f"--holdout {holdout} leaves no labelled row to learn from")
+        if holdout and scan.heldout == 0:
+            raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
         if test_stores:
-            test_stream = FeatureStream(test_stores, allow_incomplete=allow_incomplete, chunk_rows=chunk_rows)
-            test_stream.scan()  # refuses NaN / infinite features there too
+            test_stream = open_checked(test_stores, "test stores", allow_incomplete=allow_incomplete,
+                                       chunk_rows=chunk_rows)[0]
         elif holdout:
             test_stream = train_stream.with_options(split="test", shuffle_buffer=0)
-        scan = train_stream.scan()
-        if scan.rows - scan.unlabelled == 0:
-            raise OptionError("the stores hold no labelled rows to learn from")
         echo(f"{scan.rows} rows in {len(train_stream.stores)} store(s), {len(scan.class_counts)} classes, "
              f"{train_stream.feature_dim}-d features from {train_stream.meta.get('backbone')}"
              + (f"; {scan.unlabelled} unlabelled rows skipped" if scan.unlabelled else ""))
-
-        if resume is not None:
-            model = load_model(resume)
-            if head is not None and head != model.head_name:
-                raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
+        if model is not None:
             check_model_fits(model, train_stream, "the training stores")
             echo(f"resuming {model.head_name} from {resume}: {model.head.rows_seen_} rows seen, "
                  f"{len(model.classes)} classes")
-            options = _head_options(head_params)
         else:
-            head = head or "logreg"
-            options = _head_options(head_params)
-            model = TrainedModel(make_head(head, engine, train_stream.feature_dim, **options), head,
+            model = TrainedModel(make_head(head, n_features=train_stream.feature_dim, **given), head,
                                  {**backbone_metadata(train_stream.meta), "feature_dim": train_stream.feature_dim})
-        head_name = model.head_name
+        fitted = model
 
         def fresh() -> Any:
-            settings = {**model.head.settings(), **options}
-            return make_head(head_name, settings.pop("engine", engine), train_stream.feature_dim, **settings)
+            return make_head(fitted.head_name, n_features=train_stream.feature_dim, **fitted.head.settings())
 
-        order = [c.strip() for c in class_order.split(",")] if class_order else None
+        order = [c.strip() for c in class_order.split(",")] if class_order is not None else None
         task_list = make_tasks(train_stream.classes, increment, tasks, order, seed)
         if task_list is not None and test_stream is None:
             raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
-        opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every, model_out=model_out,
-                            tasks=task_list, joint_reference=not no_joint, replay=replay,
-                            replay_memory=head_params.get("memory") or 2000,
-                            pool_size=head_params.get("pool_size") or 1000, seed=seed, progress=not quiet)
-        metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+        opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                            model_out=model_out, tasks=task_list, joint_reference=not no_joint, replay=replay,
+                            replay_memory=replay_opts.get("memory", 2000),
+                            pool_size=replay_opts.get("pool_size", 1000), seed=seed, progress=not quiet)
+        if executor == "local":
+            metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+        else:  # mergeable heads only: map rows to workers, reduce with the heads' exact merge
+            from pipeline.parallel_train import check_parallel, open_executor, train_parallel
+
+            check_parallel(model.head_name, model.head, opts)
+            with open_executor(executor, workers, progress=not quiet) as pool:
+                metrics = train_parallel(model, train_stream, test_stream, opts, pool, log=echo)
         metrics["stores"] = [str(p) for p in stores]
         metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)
         metrics["holdout_fraction"] = holdout
@@ -105,6 +161,18 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, engine: str
         if test_stream is not None:
             test_stream.close()
     return metrics
+
+
+def _check_resumed_settings(model: TrainedModel, given: dict[str, Any]) -> None:
+    """A resumed model keeps its settings: options that would change them are refused, by name."""
+    settings = model.head.settings()
+    declared = {o.name: o for o in head_class(model.head_name).options}
+    make_head(model.head_name, **{**settings, **given})  # validates names and values
+    changed = [f"{declared[k].cli_flag} {v!r} (the model has {settings.get(k)!r})" for k, v in given.items()
+               if k in settings and settings[k] != declared[k].check(v, model.head_name)]
+    if changed:
+        raise OptionError("--resume keeps the saved model's settings; these options would change them: "
+                          + ", ".join(changed))
 
 
 def _pct(x: float | None) -> str:
@@ -150,9 +218,13 @@ def write_json(data: dict[str, Any], path: Path) -> None:
 
 def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.0, metrics_out: Path | None = None,
                    allow_incomplete: bool = False, out: Echo = print) -> dict[str, Any]:
+    holdout = check_run_options({"holdout": holdout})["holdout"]
     model = load_model(model_path)
-    with FeatureStream(stores, allow_incomplete=allow_incomplete, holdout=holdout,
-                       split="test" if holdout else "all") as stream:
+    stream, scan = open_checked(stores, "stores", allow_incomplete=allow_incomplete, holdout=holdout,
+                                split="test" if holdout else "all")
+    with stream:
+        if holdout and scan.heldout == 0:
+            raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
         check_model_fits(model, stream, "the stores")
         report = evaluate_head(model.head, stream).report()
     metrics = {"model": str(model_path), "stores": [str(s) for s in stores], "holdout_fraction": holdout,
@@ -199,8 +271,13 @@ def run_merge(paths: Sequence[Path], output: Path, out: Echo = print) -> Trained
         raise OptionError("merge needs at least two models")
     models = [load_model(p) for p in paths]
     first = models[0]
-    if not getattr(first.head, "mergeable", False):
-        raise OptionError(f"{first.head_name} models cannot be merged exactly; only slda and ridge can")
+    if not first.head.mergeable:
+        mergeable = [n for n, cls in heads().items() if cls.capabilities.mergeable]
+        raise OptionError(f"{first.head_name} models cannot be merged exactly; only {', '.join(mergeable)} "
+                          "and nme --class-means exact can")
+    if len({Path(p).resolve() for p in paths}) < len(paths):
+        raise OptionError("merge was given the same model file twice: its rows would count twice")
+    _refuse_overlap(paths, models)
     for path, other in zip(paths[1:], models[1:]):
         check_identity(first.backbone, other.backbone, str(path))
         first.head.merge(other.head)
@@ -210,3 +287,18 @@ def run_merge(paths: Sequence[Path], output: Path, out: Echo = print) -> Trained
     out(f"merged {len(models)} {first.head_name} models ({first.head.rows_seen_} rows, "
         f"{len(first.classes)} classes) into {output}")
     return first
+
+
+def _store_ids(model: TrainedModel) -> set[str]:
+    return {str(s.get("resolved") or s.get("path")) for s in model.stores}
+
+
+def _refuse_overlap(paths: Sequence[Path], models: list[TrainedModel]) -> None:
+    """Models that learnt from the same store would count its rows twice: refuse, naming them."""
+    seen: dict[str, Path] = {}
+    for path, model in zip(paths, models):
+        for store in sorted(_store_ids(model)):
+            if store in seen:
+                raise OptionError(f"{seen[store]} and {path} both learnt from {store}: merging would count "
+                                  "its rows twice (merge only models of disjoint stores)")
+            seen[store] = path

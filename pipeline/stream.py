@@ -56,6 +56,11 @@ class StoreScan:
     rows: int
     unlabelled: int
     class_counts: dict[str, int]
+    heldout: int = 0   # labelled rows in the held-out split (``holdout`` > 0)
+
+    @property
+    def labelled(self) -> int:
+        return self.rows - self.unlabelled
 
 
 class FeatureStream:
@@ -65,12 +70,13 @@ class FeatureStream:
     ``holdout`` the held-out fraction); ``classes`` keeps only those class
     names; ``shuffle_buffer`` > 0 shuffles chunk order and rows inside a
     buffer of that many rows; ``skip`` drops the first rows (to continue an
-    interrupted run). Unlabelled rows are never yielded.
+    interrupted run); ``row_range=(start, stop)`` reads only those rows of each
+    store (one worker's share of a store). Unlabelled rows are never yielded.
     """
 
     def __init__(self, paths: Iterable[str | Path], *, allow_incomplete: bool = False, chunk_rows: int = 4096,
                  holdout: float = 0.0, split: str = "all", classes: Iterable[str] | None = None,
-                 shuffle_buffer: int = 0, seed: int = 0):
+                 shuffle_buffer: int = 0, seed: int = 0, row_range: tuple[int, int] | None = None):
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise StoreError("no feature store given")
@@ -97,6 +103,8 @@ class FeatureStream:
         self.chunk_rows, self.holdout, self.split = chunk_rows, holdout, split
         self.keep = None if classes is None else set(classes)
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.allow_incomplete = allow_incomplete
+        self.row_range = row_range
 
     def with_options(self, **changes: Any) -> "FeatureStream":
         """A stream over the same (already open) stores with other options."""
@@ -110,11 +118,13 @@ class FeatureStream:
         return new
 
     def _raw_chunks(self, seed: int) -> Iterator[Batch]:
-        ranges = [(s, start) for s in self.stores for start in range(0, s.n_rows, self.chunk_rows)]
+        first, last = self.row_range or (0, None)
+        ranges = [(s, start, s.n_rows if last is None else min(last, s.n_rows)) for s in self.stores
+                  for start in range(first, s.n_rows if last is None else min(last, s.n_rows), self.chunk_rows)]
         if self.shuffle_buffer:
             np.random.default_rng(seed).shuffle(ranges)
-        for store, start in ranges:
-            chunk = store.read(start, start + self.chunk_rows)
+        for store, start, stop in ranges:
+            chunk = store.read(start, min(start + self.chunk_rows, stop))
             names = np.array(store.classes + [None], dtype=object)
             y = names[chunk.y]  # -1 (unlabelled) -> None
             mask = y != None  # noqa: E711 - elementwise comparison
@@ -168,20 +178,22 @@ class FeatureStream:
     def scan(self) -> StoreScan:
         """One validation pass: counts rows per class and refuses NaN / infinite features."""
         counts: dict[str, int] = {}
-        rows = unlabelled = bad = 0
+        rows = unlabelled = bad = heldout = 0
         for store in self.stores:
             for chunk in store.iter_chunks(self.chunk_rows):
                 finite = np.isfinite(chunk.X).all(axis=1)
                 bad += int((~finite).sum())
                 rows += len(chunk.y)
                 unlabelled += int((chunk.y < 0).sum())
+                if self.holdout:
+                    heldout += int((holdout_mask(chunk.paths, self.holdout) & (chunk.y >= 0)).sum())
                 for idx, n in zip(*np.unique(chunk.y[chunk.y >= 0], return_counts=True)):
                     name = store.classes[idx]
                     counts[name] = counts.get(name, 0) + int(n)
         if bad:
             raise StoreError(f"{bad} of {rows} rows hold NaN or infinite features in "
                              f"{', '.join(str(p) for p in self.paths)}; re-extract those stores")
-        return StoreScan(rows, unlabelled, dict(sorted(counts.items())))
+        return StoreScan(rows, unlabelled, dict(sorted(counts.items())), heldout)
 
     def close(self) -> None:
         for store in self.stores:

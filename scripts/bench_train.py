@@ -66,7 +66,7 @@ def load(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def head_rate(name: str, engine: str, X: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> float:
-    head = make_head(name, engine, DIM, batch_size=batch_size)
+    head = make_head(name, engine=engine, n_features=DIM, **({"batch_size": batch_size} if batch_size else {}))
     t0 = time.perf_counter()
     for s in range(0, len(X), 4096):
         head.progressive_fit(X[s:s + 4096], y[s:s + 4096])

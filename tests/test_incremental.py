@@ -17,7 +17,7 @@ quiet = {"echo": lambda s: None, "out": lambda s: None, "quiet": True}
 def test_nme_five_tasks_low_forgetting_and_close_to_joint(tmp_path, imagenette_stores):
     train, val = imagenette_stores
     model = tmp_path / "nme.pkl"
-    m = run_training([train], head="nme", test_stores=[val], increment=2, memory=300, model_out=model,
+    m = run_training([train], head="nme", test_stores=[val], increment=2, head_options={"memory": 300}, model_out=model,
                      metrics_out=tmp_path / "m.json", plot=tmp_path / "matrix.png", **quiet)
     saved = json.loads((tmp_path / "m.json").read_text())
     for key in ("accuracy_matrix", "average_incremental_accuracy", "final_accuracy", "forgetting",
@@ -37,8 +37,8 @@ def test_nme_five_tasks_low_forgetting_and_close_to_joint(tmp_path, imagenette_s
 
 def test_nme_one_class_per_task_small_memory_tracks_exact_means(imagenette_stores):
     train, val = imagenette_stores
-    ex = run_training([train], head="nme", test_stores=[val], increment=1, memory=200, no_joint=True, **quiet)
-    exact = run_training([train], head="nme", class_means="exact", test_stores=[val], increment=1, no_joint=True, **quiet)
+    ex = run_training([train], head="nme", test_stores=[val], increment=1, head_options={"memory": 200}, no_joint=True, **quiet)
+    exact = run_training([train], head="nme", head_options={"class_means": "exact"}, test_stores=[val], increment=1, no_joint=True, **quiet)
     assert abs(ex["final_accuracy"] - exact["final_accuracy"]) <= 0.025
     assert ex["head_state"]["exemplars_stored"] <= 200
 
@@ -47,7 +47,7 @@ def test_replay_reduces_forgetting_of_river_softmax(imagenette_stores):
     train, val = imagenette_stores
     plain = run_training([train], head="softmax", test_stores=[val], increment=2, no_joint=True, **quiet)
     replay = run_training([train], head="softmax", test_stores=[val], increment=2, no_joint=True, replay=True,
-                          memory=200, **quiet)
+                          head_options={"memory": 200}, **quiet)
     # measured on these features: forgetting 26% without replay, 14% with (seed 0)
     assert replay["forgetting"] < plain["forgetting"]
     assert replay["final_accuracy"] > plain["final_accuracy"]

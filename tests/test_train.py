@@ -126,7 +126,7 @@ def test_model_save_is_atomic(tmp_path, monkeypatch):
 def test_numpy_and_river_engines_agree_end_to_end(tmp_path):
     store = make_blobs_store(tmp_path / "s.h5", 800, 24, ["a", "b", "c", "d"])
     for head in ("logreg", "softmax"):
-        m = [run_training([store], head=head, engine=e, holdout=0.25, eval_every=200, **quiet) for e in ("numpy", "river")]
+        m = [run_training([store], head=head, head_options={"engine": e}, holdout=0.25, eval_every=200, **quiet) for e in ("numpy", "river")]
         assert m[0]["heldout"]["accuracy"] == m[1]["heldout"]["accuracy"]
         assert m[0]["progressive"]["accuracy"] == m[1]["progressive"]["accuracy"]
         assert m[0]["learning_curve"] == m[1]["learning_curve"]

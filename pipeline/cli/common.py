@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 
 from pipeline.errors import PipelineError
+from pipeline.heads.registry import Option
 
 
 INTERRUPT_HINTS = {
@@ -54,21 +55,42 @@ def main() -> None:
     _show_warnings()
 
 
-class AutoOrFloat(click.ParamType):
-    """``auto`` or a number within bounds."""
+class OptionType(click.ParamType):
+    """A click type from a declared :class:`pipeline.heads.registry.Option`: the same rules as the library
+    (finite numbers only, in range, ``auto`` where allowed)."""
 
-    name = "auto|number"
-
-    def __init__(self, low: float | None, high: float | None):
-        self.low, self.high = low, high
+    def __init__(self, option: Option):
+        self.option = option
+        self.name = {int: "integer", float: "number"}.get(option.type, "text") + ("|auto" if option.auto else "")
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if value == "auto" or isinstance(value, float):
+        if not isinstance(value, str):
             return value
+        raw: Any = value
+        if self.option.type is int:
+            try:
+                raw = int(value)
+            except ValueError:
+                self.fail(f"expected {self.option.range_text()}, got {value!r}", param, ctx)
+        elif self.option.type is float and not (self.option.auto and value == "auto"):
+            try:
+                raw = float(value)
+            except ValueError:
+                self.fail(f"expected {self.option.range_text()}, got {value!r}", param, ctx)
         try:
-            number = float(value)
-        except ValueError:
-            self.fail(f"expected 'auto' or a number, got {value!r}", param, ctx)
-        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
-            self.fail(f"{number} is outside [{self.low}, {self.high if self.high is not None else 'inf'}]", param, ctx)
-        return number
+            return self.option.check(raw, "")
+        except PipelineError:
+            self.fail(f"expected {self.option.range_text()}, got {value!r}", param, ctx)
+
+
+def click_option(option: Option, help: str | None = None, default: Any = None, show_default: bool = False) -> Any:
+    """The click option for a declared Option (choices, bool on/off flags, validated numbers)."""
+    text = help or option.help[:1].upper() + option.help[1:] + "."
+    if option.type in (int, float) and (option.low is not None or option.high is not None):
+        text += f" ({option.range_text()})"
+    if option.type is bool:
+        return click.option(option.flag or f"--{option.name}/--no-{option.name}", option.name, default=default,
+                            help=text)
+    kind: Any = click.Choice(list(option.choices)) if option.choices else OptionType(option)
+    return click.option(option.cli_flag, option.name, type=kind, default=default, help=text,
+                        show_default=show_default)

@@ -1,14 +1,23 @@
-"""train-incremental: feature stores -> a trained head."""
+"""train-incremental: feature stores -> a trained head.
+
+``--head`` and the head options come from the head registry
+(:mod:`pipeline.heads.registry`): one click option per declared option name,
+its help saying which heads read it. Options are passed on explicitly; one
+the chosen head does not take is refused by name.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
-from pipeline.cli.common import AutoOrFloat, _show_warnings, friendly_errors
-
+from pipeline.cli.common import _show_warnings, click_option, friendly_errors
+from pipeline.heads import heads
+from pipeline.heads.registry import Option
+from pipeline.options import RUN_OPTIONS
+from pipeline.plugins import REPLAY_OPTIONS
 
 TRAIN_EPILOG = """\b
 Examples:
@@ -16,74 +25,86 @@ Examples:
   train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.pkl
   train-incremental data/new_classes.h5 --resume model.pkl --holdout 0.3
   train-incremental data/train.h5 --head nme --increment 2 --test data/val.h5 --plot matrix.png
+  train-incremental data/shard-*.h5 --head slda --holdout 0.2 --executor ray --workers 8
 
 Saved models are pickles: only load (--resume) model files you trust.
 """
 
 
-def _parse_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def head_option_table() -> dict[str, tuple[Option, list[str]]]:
+    """Every head option name -> (its declaration, who reads it), --replay's included."""
+    table: dict[str, tuple[Option, list[str]]] = {}
+    for name, cls in heads().items():
+        for opt in cls.options:
+            if not opt.from_run:
+                table.setdefault(opt.name, (opt, []))[1].append(name)
+    for opt in REPLAY_OPTIONS:
+        table.setdefault(opt.name, (opt, []))[1].append("--replay")
+    return table
+
+
+def _help(name: str, readers: list[str]) -> str:
+    texts: dict[str, list[str]] = {}
+    for head in readers:
+        cls = heads().get(head)
+        opt = next(o for o in (cls.options if cls else REPLAY_OPTIONS) if o.name == name)
+        default = "" if opt.default is None else f" [default: {str(opt.default).lower() if opt.type is bool else opt.default}]"
+        texts.setdefault(opt.help + default, []).append(head)
+    return "; ".join(f"{', '.join(who)}: {text}" for text, who in texts.items())
+
+
+def head_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Shared decorator (sqlite-utils style): ``--head`` plus every registered head option."""
+    for name, (opt, readers) in reversed(list(head_option_table().items())):
+        func = click_option(opt, help=_help(name, readers))(func)
+    summaries = "; ".join(f"{n}: {cls.summary}" for n, cls in heads().items())
+    return click.option("--head", type=click.Choice(list(heads())), default=None,
+                        help=f"{summaries}. [default: logreg]")(func)
+
+
+def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    opt = RUN_OPTIONS[name]
+    return click_option(opt, default=opt.default, show_default=opt.default is not None, **kwargs)
 
 
 @click.command("train-incremental", epilog=TRAIN_EPILOG)
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--head", type=click.Choice(["logreg", "softmax", "nme", "slda", "ridge"]), default=None,
-              help="logreg: River logistic regression (one-vs-rest beyond two classes); softmax: River softmax "
-                   "regression; nme: iCaRL nearest-mean-of-exemplars; slda: streaming LDA; ridge: analytic "
-                   "ridge. [default: logreg]")
-@click.option("--engine", type=click.Choice(["numpy", "river"]), default="numpy", show_default=True,
-              help="numpy: fast estimators with River's exact math; river: River's own estimators.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None, help="[default: sgd]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Learning rate [default: 1/feature_dim for sgd, 3e-4 for adam].")
-@click.option("--l2", type=click.FloatRange(min=0), default=None, help="L2 penalty [default: 0].")
-@click.option("--no-scale", is_flag=True, help="No StandardScaler before the linear model.")
-@click.option("--batch-size", type=click.IntRange(1), default=None,
-              help="Mini-batches (River learn_many) instead of row by row (logreg only).")
-@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Fraction held out for evaluation, split by a hash of each image path.")
+@head_options
+@_run("holdout")
 @click.option("--test", "test_stores", multiple=True, type=click.Path(path_type=Path),
               help="A held-out store (repeatable); all its rows are evaluated.")
-@click.option("--eval-every", type=click.IntRange(0), default=0, help="Evaluate every N rows (learning curve).")
-@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--shuffle-buffer", type=click.IntRange(0), default=0, help="Shuffle rows in a buffer of N rows (and chunk order).")
-@click.option("--chunk-rows", type=click.IntRange(1), default=4096, show_default=True, help="Rows read per chunk.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_run("eval_every")
+@_run("epochs")
+@_run("shuffle_buffer")
+@_run("chunk_rows")
+@_run("seed")
 @click.option("--metrics-out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write all metrics as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="PNG: learning curve, or the accuracy-matrix heatmap for class-incremental runs.")
 @click.option("--model-out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Save the trained model here (atomically).")
-@click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Save to --model-out every N rows.")
+@_run("checkpoint_every")
 @click.option("--resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Continue training a saved model (an interrupted run continues where it stopped).")
 @click.option("--allow-incomplete", is_flag=True, help="Accept stores whose extraction did not finish.")
-@click.option("--increment", type=click.IntRange(1), default=None,
-              help="Class-incremental: N classes per task, in --class-order.")
+@_run("increment")
 @click.option("--tasks", default=None, help='Class-incremental tasks spelled out: "cat,dog;fox;owl,bat".')
 @click.option("--class-order", default=None, help="Comma-separated class order for --increment [default: seeded shuffle].")
 @click.option("--no-joint", is_flag=True, help="Skip the joint reference (same head trained on all classes at once).")
-@click.option("--memory", type=click.IntRange(1), default=None,
-              help="Exemplar budget in rows, all classes together (nme, --replay) [default: 2000].")
-@click.option("--class-means", type=click.Choice(["exemplar", "exact"]), default=None,
-              help="nme: mean of the exemplars (iCaRL) or the exact running mean of every row [default: exemplar].")
-@click.option("--pool-size", type=click.IntRange(1), default=None,
-              help="Candidates kept per class for herding (reservoir sample) [default: 1000].")
 @click.option("--replay", is_flag=True, help="Mix exemplars of earlier classes into the stream (experience replay).")
-@click.option("--shrinkage", type=AutoOrFloat(0.0, 1.0), default=None,
-              help="slda: covariance shrinkage in [0, 1], or auto (OAS estimate) [default: auto].")
-@click.option("--lambda", "ridge_lambda", type=AutoOrFloat(0.0, None), default=None,
-              help="ridge: L2 penalty, or auto (generalised cross-validation) [default: auto].")
-@click.option("--random-features", type=click.IntRange(1), default=None,
-              help="ridge: RanPAC random ReLU projection to M dimensions before the ridge.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: learn stores / row ranges in parallel on a Ray cluster (RAY_ADDRESS, else a local Ray) "
+                   "and merge exactly; slda, ridge and nme --class-means exact only.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Ray tasks running at once [default: one per CPU of the cluster].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @friendly_errors
-def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, engine: str, optimizer: str | None,
-                          lr: float | None, l2: float | None, no_scale: bool, batch_size: int | None, holdout: float,
-                          test_stores: tuple[Path, ...], eval_every: int, epochs: int, shuffle_buffer: int,
-                          chunk_rows: int, seed: int, metrics_out: Path | None, plot: Path | None,
-                          model_out: Path | None, checkpoint_every: int, resume: Path | None,
-                          allow_incomplete: bool, quiet: bool, **extra: Any) -> None:
+def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: float, test_stores: tuple[Path, ...],
+                          eval_every: int, epochs: int | None, shuffle_buffer: int, chunk_rows: int, seed: int,
+                          metrics_out: Path | None, plot: Path | None, model_out: Path | None,
+                          checkpoint_every: int, resume: Path | None, allow_incomplete: bool,
+                          increment: int | None, tasks: str | None, class_order: str | None, no_joint: bool,
+                          replay: bool, executor: str, workers: int | None, quiet: bool, **options: Any) -> None:
     """Stream feature STORES chunk by chunk into an incremental classifier.
 
     Evaluates progressively (predict, then learn, every row) and on held-out
@@ -92,7 +113,11 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, engine: st
     _show_warnings()
     from pipeline.runs import run_training
 
-    params = dict(locals())
-    params.pop("extra")
-    params.update(extra)
-    run_training(**params, echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)), out=click.echo)
+    given = {name: value for name, value in options.items() if value is not None}
+    run_training(stores, head=head, head_options=given, holdout=holdout, test_stores=test_stores,
+                 eval_every=eval_every, epochs=epochs, shuffle_buffer=shuffle_buffer, chunk_rows=chunk_rows,
+                 seed=seed, metrics_out=metrics_out, plot=plot, model_out=model_out,
+                 checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete, quiet=quiet,
+                 increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint, replay=replay,
+                 executor=executor, workers=workers,
+                 echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)), out=click.echo)

@@ -8,19 +8,44 @@ columns of ``predict_proba`` follow ``classes_`` (order of first appearance).
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import numpy as np
 
 from pipeline.errors import HeadError
+from pipeline.heads.registry import Capabilities, Option
+
+if TYPE_CHECKING:
+    from pipeline.plugins import Plugin
 
 
 class Head:
-    """Base class: subclasses implement ``_learn``, ``_scores`` and ``_proba``."""
+    """Base class: subclasses implement ``_learn`` and ``_proba``.
+
+    A registered head also declares ``name``, ``summary``, ``options`` and
+    ``capabilities`` (see :mod:`pipeline.heads.registry`).
+
+    Hooks the training loop calls, in order, for every task: ``before_task``
+    (not again when a run resumes mid-task: keep what it makes in the head, it
+    is saved with the model), ``progressive_fit`` / ``partial_fit`` on each
+    chunk then ``after_chunk``, and ``end_task`` (the "after task" hook).
+    ``plugins()`` may return extra loop plug-ins (:class:`pipeline.plugins.Plugin`)
+    that see the whole run.
+    """
 
     name = "head"
-    row_by_row = False   # True when the update is one row at a time (progressive per row)
-    mergeable = False
+    summary = ""
+    options: tuple[Option, ...] = ()
+    capabilities = Capabilities()
+
+    @property
+    def mergeable(self) -> bool:
+        return self.capabilities.mergeable
+
+    @classmethod
+    def build(cls, n_features: int | None = None, **options: Any) -> "Head":
+        """Construct from validated options (see :func:`pipeline.heads.registry.make_head`)."""
+        return cls(**options)
 
     def __init__(self) -> None:
         self.classes_: list[Hashable] = []
@@ -92,8 +117,22 @@ class Head:
         proba = self.predict_proba(X)
         return np.array(self.classes_, dtype=object)[np.argmax(proba, axis=1)]
 
+    def before_task(self, task: int, classes: Sequence[Hashable]) -> None:
+        """Called before the first chunk of each task (task index, the task's classes)."""
+
+    def after_chunk(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        """Called after each chunk was learnt (the rows as learnt, replayed rows included)."""
+
     def end_task(self) -> None:
         """Called after each task (class-incremental) and at the end of training."""
+
+    def plugins(self) -> list["Plugin"]:
+        """Extra training-loop plug-ins this head needs (a method's Fisher, memory, ...)."""
+        return []
+
+    def finite_state(self) -> bool:
+        """True when every number the head keeps is finite (a diverged model is never saved)."""
+        return _all_finite(self.__dict__, depth=4)
 
     def settings(self) -> dict[str, Any]:
         """Constructor settings, recorded in saved models."""
@@ -116,3 +155,19 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
     return z
+
+
+def _all_finite(obj: Any, depth: int) -> bool:
+    """Walk arrays, floats, containers and object attributes (to ``depth``) looking for NaN or inf."""
+    if isinstance(obj, np.ndarray):
+        return not np.issubdtype(obj.dtype, np.inexact) or bool(np.isfinite(obj).all())
+    if isinstance(obj, float):
+        return np.isfinite(obj)
+    if depth <= 0 or isinstance(obj, (str, bytes, int, type)):
+        return True
+    if isinstance(obj, dict):
+        return all(_all_finite(v, depth - 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_all_finite(v, depth - 1) for v in obj[:10_000])
+    state = getattr(obj, "__dict__", None)
+    return True if state is None else _all_finite(state, depth - 1)

@@ -91,6 +91,26 @@ class ClassPools:
                         pool.X[j] = X[i]
                         pool.paths[j] = paths[i]
 
+    def merge(self, other: "ClassPools") -> None:
+        """Fold in pools filled from other rows: per class, a sample of both, each source weighted by rows seen."""
+        for label, b in other.pools.items():
+            a = self.pools.get(label)
+            if a is None:
+                self.pools[label] = _Reservoir(b.X.copy(), list(b.paths), b.seen)
+                self._rngs[label] = np.random.default_rng([self.seed, zlib.crc32(str(label).encode()), b.seen])
+                continue
+            X = np.vstack([a.X[: len(a.paths)], b.X[: len(b.paths)]])
+            paths = a.paths + b.paths
+            keep = np.arange(len(paths))
+            if len(paths) > self.size:
+                weight = np.r_[np.full(len(a.paths), a.seen / max(len(a.paths), 1)),
+                               np.full(len(b.paths), b.seen / max(len(b.paths), 1))]
+                rng = np.random.default_rng([self.seed, zlib.crc32(str(label).encode()), a.seen, b.seen])
+                keep = np.sort(rng.choice(len(paths), self.size, replace=False, p=weight / weight.sum()))
+            pool = _Reservoir(np.empty((self.size, X.shape[1]), np.float32), [paths[i] for i in keep], a.seen + b.seen)
+            pool.X[: len(keep)] = X[keep]
+            self.pools[label] = pool
+
     def take(self) -> dict[Hashable, tuple[np.ndarray, list[str]]]:
         """Hand over the pools (trimmed) and start empty."""
         out = {c: (p.X[: len(p.paths)], p.paths) for c, p in self.pools.items()}

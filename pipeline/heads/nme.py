@@ -31,10 +31,25 @@ import numpy as np
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head, softmax_rows
 from pipeline.heads.exemplars import ClassPools, ExemplarMemory, l2_normalise
+from pipeline.heads.registry import Capabilities, Option, register
+
+MEMORY_OPTION = Option("memory", int, 2000, "exemplar budget in rows, all classes together", low=1, high=10**9)
+POOL_OPTION = Option("pool_size", int, 1000, "candidates kept per class for herding (reservoir sample)",
+                     low=1, high=100_000)
 
 
+@register
 class NMEHead(Head):
     name = "nme"
+    summary = "iCaRL nearest-mean-of-exemplars"
+    options = (
+        MEMORY_OPTION,
+        Option("class_means", str, "exemplar", "mean of the exemplars (iCaRL) or the exact running mean of every row",
+               choices=("exemplar", "exact")),
+        POOL_OPTION,
+        Option("seed", int, 0, "seed of the reservoir samples", low=0, high=2**32 - 1, from_run=True),
+    )
+    capabilities = Capabilities(keeps_exemplars=True, class_incremental="adds a mean")
 
     def __init__(self, memory: int = 2000, class_means: str = "exemplar", pool_size: int = 1000, seed: int = 0):
         super().__init__()
@@ -48,6 +63,11 @@ class NMEHead(Head):
         self.memory_ = ExemplarMemory(memory)
         self.pools_ = ClassPools(pool_size, seed)
         self._means: np.ndarray | None = None
+
+    @property
+    def mergeable(self) -> bool:  # type: ignore[override]
+        """Exact class means are sums over rows, so models of disjoint rows merge exactly."""
+        return self.class_means == "exact"
 
     def settings(self) -> dict[str, Any]:
         return {"memory": self.memory, "class_means": self.class_means, "pool_size": self.pool_size, "seed": self.seed}
@@ -91,6 +111,33 @@ class NMEHead(Head):
         self.rows_seen_ += len(X)
         self._means = None
         return preds
+
+    def merge(self, other: "NMEHead") -> "NMEHead":
+        """Fold in a model trained on other rows (``class_means="exact"`` only).
+
+        The class sums and counts add, so the means, the spread and every
+        prediction equal training on both. Herding candidates and exemplars are
+        sampled from both models: the kept exemplars may differ from one run's.
+        """
+        if type(other) is not NMEHead or not self.mergeable or self.settings() != other.settings():
+            raise HeadError("only nme models with --class-means exact and the same settings merge exactly; "
+                            f"got {self.settings()} and {getattr(other, 'settings', dict)()}")
+        if not other.rows_seen_:
+            return self
+        if self.n_features_in_ is None:
+            self.n_features_in_ = other.n_features_in_
+        elif other.n_features_in_ != self.n_features_in_:
+            raise HeadError(f"cannot merge models of {self.n_features_in_} and {other.n_features_in_} features")
+        ks = self._class_indices(other.classes_)
+        self.sums_[ks] += other.sums_
+        self.counts_[ks] += other.counts_
+        self.rows_seen_ += other.rows_seen_
+        self.pools_.merge(other.pools_)
+        if other.memory_.size:
+            self.memory_.update({c: (s.X, s.paths) for c, s in other.memory_.sets.items()},
+                                {c: self.sums_[k] / max(1, self.counts_[k]) for k, c in enumerate(self.classes_)})
+        self._means = None
+        return self
 
     def end_task(self) -> None:
         """Herd exemplars for the classes that streamed since the last call."""

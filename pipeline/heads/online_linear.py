@@ -20,6 +20,7 @@ from scipy.linalg.blas import dger
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
+from pipeline.heads.registry import Capabilities, Option, register
 
 _P_MIN, _P_MAX = 1e-15, 1 - 1e-15
 
@@ -289,10 +290,35 @@ class OnlineLinearModel:
         self._step(G, self.optimizer == "sgd", self.lr, self.beta_1, self.beta_2, self.eps)
 
 
+def default_lr(optimizer: str, n_features: int | None) -> float:
+    """Learning rate for standardised features, measured on real pooled CNN features.
+
+    With standardised inputs ``|x|^2`` is about the dimension D, so an SGD step
+    of ``1/D`` moves the margin by about one unit: on MobileNet features it was
+    the best of a grid at both D=256 and D=1280 (README, "Choosing defaults").
+    Adam is scale-free per coordinate; 3e-4 was best at both.
+    """
+    if optimizer == "adam":
+        return 3e-4
+    return 1.0 / n_features if n_features else 1e-3
+
+
+ENGINES = ("numpy", "river")
+LINEAR_OPTIONS = (
+    Option("engine", str, "numpy", "numpy: fast estimators with River's exact math; river: River's own estimators",
+           choices=ENGINES),
+    Option("optimizer", str, "sgd", "optimizer", choices=("sgd", "adam")),
+    Option("lr", float, None, "learning rate [default: 1/feature_dim for sgd, 3e-4 for adam]", low=0.0, low_open=True),
+    Option("l2", float, 0.0, "L2 penalty", low=0.0),
+    Option("scale", bool, True, "StandardScaler before the linear model (--no-scale to drop it)",
+           flag="--scale/--no-scale"),
+)
+BATCH_OPTION = Option("batch_size", int, None, "mini-batches of N rows (River learn_many) instead of row by row",
+                      low=1, high=2**31 - 1)
+
+
 class FastLinearHead(Head):
     """``logreg`` / ``softmax`` on :class:`OnlineLinearModel` (``--engine numpy``, the default)."""
-
-    row_by_row = True
 
     def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float = 0.01, l2: float = 0.0,
                  scale: bool = True, batch_size: int | None = None):
@@ -304,10 +330,25 @@ class FastLinearHead(Head):
             raise HeadError("River's SoftmaxRegression has no learn_many (mini-batch) method: "
                             "drop --batch-size to learn row by row, or use --head logreg")
 
+    @classmethod
+    def build(cls, n_features: int | None = None, **options: Any) -> Head:
+        """The numpy engine, or River's own estimators with ``engine="river"``."""
+        engine = options.pop("engine")
+        if options.get("lr") is None:
+            options["lr"] = default_lr(options["optimizer"], n_features)
+        if engine == "river":
+            from pipeline.heads.river_linear import RiverLinearHead
+
+            head: Head = RiverLinearHead(cls.name, **options)
+        else:
+            head = cls(**options)
+        head.capabilities = cls.capabilities
+        return head
+
     def settings(self) -> dict[str, Any]:
         m = self.model_
-        return {"engine": "numpy", "optimizer": m.optimizer, "lr": m.lr, "l2": m.l2, "scale": m.scale,
-                "batch_size": self.batch_size}
+        out = {"engine": "numpy", "optimizer": m.optimizer, "lr": m.lr, "l2": m.l2, "scale": m.scale}
+        return out if self.kind == "softmax" else {**out, "batch_size": self.batch_size}
 
     def _indices(self, y: Sequence[Hashable] | np.ndarray) -> np.ndarray:
         # classes_ grows in order of first appearance; the model adds each at its first row
@@ -338,3 +379,30 @@ class FastLinearHead(Head):
     def predict(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted()
         return np.array(self.classes_, dtype=object)[self.model_.predict_index(self._check_X(X))]
+
+
+@register
+class LogRegHead(FastLinearHead):
+    """``StandardScaler | LogisticRegression`` (one-vs-rest beyond two classes)."""
+
+    name = "logreg"
+    summary = "River logistic regression (one-vs-rest beyond two classes)"
+    options = (*LINEAR_OPTIONS, BATCH_OPTION)
+    capabilities = Capabilities(row_by_row=True, engines=ENGINES, class_incremental="grows a classifier per new class")
+
+    def __init__(self, optimizer: str = "sgd", lr: float = 0.01, l2: float = 0.0, scale: bool = True,
+                 batch_size: int | None = None):
+        super().__init__("logreg", optimizer, lr, l2, scale, batch_size)
+
+
+@register
+class SoftmaxHead(FastLinearHead):
+    """``StandardScaler | SoftmaxRegression``; River's softmax has no mini-batch method."""
+
+    name = "softmax"
+    summary = "River softmax regression"
+    options = LINEAR_OPTIONS
+    capabilities = Capabilities(row_by_row=True, engines=ENGINES, class_incremental="grows a row per new class")
+
+    def __init__(self, optimizer: str = "sgd", lr: float = 0.01, l2: float = 0.0, scale: bool = True):
+        super().__init__("softmax", optimizer, lr, l2, scale)

@@ -30,13 +30,24 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from pipeline.errors import HeadError
+from pipeline.heads.registry import Capabilities, Option, register
 from pipeline.heads.statistics_head import StatisticsHead
 
 LAMBDA_GRID = np.logspace(-6, 3, 46)  # multiples of the mean eigenvalue of the Gram matrix
 
 
+@register
 class RidgeHead(StatisticsHead):
     name = "ridge"
+    summary = "analytic ridge on streamed statistics (RanPAC with --random-features); no forgetting"
+    options = (
+        Option("ridge_lambda", float, "auto", "L2 penalty, or auto (generalised cross-validation)",
+               low=0.0, low_open=True, auto=True, flag="--lambda"),
+        Option("random_features", int, None, "RanPAC random ReLU projection to M dimensions before the ridge",
+               low=1, high=65536),
+        Option("seed", int, 0, "seed of the random projection", low=0, high=2**32 - 1, from_run=True),
+    )
+    capabilities = Capabilities(order_free=True, mergeable=True, class_incremental="adds a column; no forgetting")
 
     def __init__(self, ridge_lambda: float | str = "auto", random_features: int | None = None, seed: int = 0):
         super().__init__()

@@ -46,8 +46,6 @@ def _mirror(model: linear_model.LogisticRegression) -> linear_model.LogisticRegr
 class RiverLinearHead(Head):
     """A River pipeline (``StandardScaler`` first by default) behind the head interface."""
 
-    row_by_row = True
-
     def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float = 0.01, l2: float = 0.0,
                  scale: bool = True, batch_size: int | None = None):
         super().__init__()
@@ -63,8 +61,8 @@ class RiverLinearHead(Head):
         self._names: list[str] = []
 
     def settings(self) -> dict[str, Any]:
-        return {"engine": "river", "optimizer": self.optimizer, "lr": self.lr, "l2": self.l2,
-                "scale": self.scale, "batch_size": self.batch_size}
+        out = {"engine": "river", "optimizer": self.optimizer, "lr": self.lr, "l2": self.l2, "scale": self.scale}
+        return out if self.kind == "softmax" else {**out, "batch_size": self.batch_size}
 
     def _classifier(self) -> Any:
         opt = make_optimizer(self.optimizer, self.lr)

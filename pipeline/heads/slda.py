@@ -26,6 +26,7 @@ from scipy.linalg import cho_factor, cho_solve
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import softmax_rows
+from pipeline.heads.registry import Capabilities, Option, register
 from pipeline.heads.statistics_head import StatisticsHead
 
 
@@ -39,8 +40,13 @@ def oas_shrinkage(cov: np.ndarray, n: int) -> float:
     return 1.0 if den == 0 else float(min(num / den, 1.0))
 
 
+@register
 class SLDAHead(StatisticsHead):
     name = "slda"
+    summary = "streaming LDA: class means + shared covariance; no forgetting"
+    options = (Option("shrinkage", float, "auto", "covariance shrinkage, or auto (OAS estimate)",
+                      low=0.0, high=1.0, auto=True),)
+    capabilities = Capabilities(order_free=True, mergeable=True, class_incremental="adds a mean; no forgetting")
 
     def __init__(self, shrinkage: float | str = "auto"):
         super().__init__()

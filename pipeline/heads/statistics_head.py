@@ -17,12 +17,14 @@ from pipeline.heads.class_stats import ClassStatistics
 
 
 class StatisticsHead(Head):
-    mergeable = True
 
-    # Progressive validation predicts each chunk before learning it. Solving costs about D^3/3
-    # (0.15 s at D=2048, 1 s with GCV), so those predictions use a solution refreshed only when
-    # the rows seen grew by this factor or a class appeared; held-out evaluation is always exact.
-    progressive_refresh = 1.25
+    # Progressive validation predicts rows before learning them. Solving costs about D^3/3
+    # (0.15 s at D=2048, 1 s with GCV), so rows are predicted in blocks with the solution of
+    # all rows before the block, refreshed when the rows seen have grown by this factor: blocks
+    # follow the rows seen, not the chunk size, and cost O(log rows) solves in all.
+    # Held-out evaluation is always exact.
+    progressive_refresh = 2.0
+    first_block = 8   # rows predicted with nothing learnt yet (None, counted as errors)
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,15 +79,22 @@ class StatisticsHead(Head):
     def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray,
                         paths: Sequence[str] | None = None) -> np.ndarray:
         X = self._check_X(X)
+        y = np.asarray(y, dtype=object)
         preds = np.full(len(X), None, dtype=object)
-        if self.classes_:
-            p = self._progressive
-            if p is None or len(self.classes_) != p[3] or self.stats_.n >= self.progressive_refresh * p[2]:
-                coef, intercept, _ = self._coefficients()
-                p = self._progressive = (coef, intercept, self.stats_.n, len(self.classes_))
-            scores = np.asarray(self._features(X), np.float64) @ p[0].T + p[1]
-            preds = np.array(self.classes_, dtype=object)[np.argmax(scores, axis=1)]
-        self.partial_fit(X, y, paths)
+        start = 0
+        while start < len(X):
+            if not self.classes_:
+                stop = min(len(X), start + self.first_block)
+            else:
+                p = self._progressive
+                if p is None or self.stats_.n >= self.progressive_refresh * p[2] or len(self.classes_) != p[3]:
+                    coef, intercept, _ = self._coefficients()
+                    p = self._progressive = (coef, intercept, self.stats_.n, len(self.classes_))
+                stop = min(len(X), start + max(1, int(np.ceil(self.progressive_refresh * p[2])) - self.stats_.n))
+                scores = np.asarray(self._features(X[start:stop]), np.float64) @ p[0].T + p[1]
+                preds[start:stop] = np.array(self.classes_[: p[3]], dtype=object)[np.argmax(scores, axis=1)]
+            self.partial_fit(X[start:stop], y[start:stop], None if paths is None else paths[start:stop])
+            start = stop
         return preds
 
     # -- merging -----------------------------------------------------------------

@@ -1,0 +1,257 @@
+"""Exact parallel training of the heads whose state is a sum over rows (slda, ridge, nme exact).
+
+Stores, or row ranges of one store, are mapped to workers; each opens its
+rows itself (a :class:`StreamSpec` and a :class:`Partition`: paths and
+numbers, never arrays), builds a fresh head from a :class:`HeadSpec` and
+learns its rows; the partial heads are reduced in partition order with the
+heads' exact ``merge``. So the result equals one process streaming the same
+rows: same class order, same predictions, accuracy equal to float round-off.
+Held-out evaluation, class-incremental runs and saving happen on the driver
+as in :func:`pipeline.train.train`.
+
+>>> parts = plan_partitions([("a.h5", 10), ("b.h5", 3)], rows_per_part=4)
+>>> [(p.path, p.start, p.stop) for p in parts]
+[('a.h5', 0, 3), ('a.h5', 3, 6), ('a.h5', 6, 10), ('b.h5', 0, 3)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
+
+from pipeline.errors import ExecutorError
+from pipeline.evaluate import Evaluation, continual_metrics
+from pipeline.heads import make_head
+from pipeline.heads.base import Head
+from pipeline.models import TrainedModel, save_model
+from pipeline.stream import FeatureStream
+from pipeline.train import TrainOptions, check_model_fits, evaluate_head
+
+R = TypeVar("R")
+EXECUTORS = ("local", "ray")
+SEQUENTIAL = {
+    "logreg": "SGD: every update starts from the weights the previous row left",
+    "softmax": "SGD: every update starts from the weights the previous row left",
+    "nme": "herding picks exemplars from the whole stream (use --class-means exact, whose means are sums)",
+}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a worker needs to build a fresh head: name, feature dimension and settings."""
+
+    name: str
+    feature_dim: int
+    settings: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, head_name: str, head: Head, feature_dim: int) -> "HeadSpec":
+        return cls(head_name, feature_dim, tuple(sorted(head.settings().items())))
+
+    def build(self) -> Head:
+        return make_head(self.name, n_features=self.feature_dim, **dict(self.settings))
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """The options of a :class:`FeatureStream`, to reopen it anywhere."""
+
+    paths: tuple[str, ...]
+    holdout: float = 0.0
+    split: str = "all"
+    classes: tuple[str, ...] | None = None
+    chunk_rows: int = 4096
+    allow_incomplete: bool = False
+
+    @classmethod
+    def of(cls, stream: FeatureStream, classes: Sequence[str] | None = None) -> "StreamSpec":
+        return cls(tuple(str(p) for p in stream.paths), stream.holdout, stream.split,
+                   None if classes is None else tuple(classes), stream.chunk_rows, stream.allow_incomplete)
+
+    def open(self, part: "Partition") -> FeatureStream:
+        return FeatureStream([part.path], allow_incomplete=self.allow_incomplete, chunk_rows=self.chunk_rows,
+                             holdout=self.holdout, split=self.split, classes=self.classes,
+                             row_range=(part.start, part.stop))
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Rows ``[start, stop)`` of one store."""
+
+    path: str
+    start: int
+    stop: int
+
+
+def plan_partitions(stores: Sequence[tuple[str, int]], rows_per_part: int) -> list[Partition]:
+    """Cut each store into near-equal ranges of at most ``rows_per_part`` rows, in stream order."""
+    parts = []
+    for path, n in stores:
+        k = max(1, math.ceil(n / max(1, rows_per_part)))
+        bounds = [i * n // k for i in range(k + 1)]
+        parts.extend(Partition(path, a, b) for a, b in zip(bounds, bounds[1:]) if b > a)
+    return parts
+
+
+def fit_partition(head: HeadSpec, stream: StreamSpec, part: Partition, epochs: int = 1) -> Head:
+    """A worker's job: a fresh head learns the rows of one partition (run in any process)."""
+    model = head.build()
+    with stream.open(part) as rows:
+        for epoch in range(epochs):
+            for batch in rows.iter_epoch(epoch):
+                model.partial_fit(batch.X, batch.y, batch.paths)
+    return model
+
+
+class Executor(Protocol):
+    workers: int
+
+    def map(self, fn: Callable[..., R], items: Sequence[tuple[Any, ...]], desc: str) -> Iterator[R]:
+        """``fn(*item)`` for each item, results in item order."""
+
+
+class InProcess:
+    """Runs the partitions one after the other in this process (the reference)."""
+
+    workers = 1
+
+    def map(self, fn: Callable[..., R], items: Sequence[tuple[Any, ...]], desc: str) -> Iterator[R]:
+        return (fn(*item) for item in items)
+
+
+class RayExecutor:
+    """Runs the partitions as Ray tasks, ``workers`` at a time (see :mod:`pipeline.ray_executor`)."""
+
+    def __init__(self, workers: int, progress: bool = True):
+        self.workers, self.progress = workers, progress
+
+    def map(self, fn: Callable[..., R], items: Sequence[tuple[Any, ...]], desc: str) -> Iterator[R]:
+        from pipeline.ray_executor import map_ordered
+
+        return map_ordered(fn, items, max_in_flight=self.workers, desc=desc, progress=self.progress)
+
+
+@contextlib.contextmanager
+def open_executor(name: str, workers: int | None = None, progress: bool = True) -> Iterator[Executor]:
+    if name == "local":
+        yield InProcess()
+    elif name == "ray":
+        from pipeline.ray_executor import default_workers, ray_session
+
+        with ray_session() as resources:
+            yield RayExecutor(workers or default_workers(resources), progress)
+    else:
+        raise ExecutorError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
+
+
+def check_parallel(head_name: str, head: Head, opts: TrainOptions) -> None:
+    """Refuse, in one line, what parallel training cannot do exactly."""
+    if not getattr(head, "mergeable", False):
+        reason = SEQUENTIAL.get(head_name, "its training is sequential")
+        raise ExecutorError(f"--executor ray trains only heads whose state is a sum over rows (slda, ridge, "
+                            f"nme --class-means exact); {head_name} cannot be split across workers: {reason}")
+    for flag, value in (("--replay", opts.replay), ("--eval-every", opts.eval_every),
+                        ("--checkpoint-every", opts.checkpoint_every)):
+        if value:
+            raise ExecutorError(f"{flag} needs sequential training; drop it or use --executor local")
+
+
+def fit_mergeable(head: HeadSpec, stream: StreamSpec, executor: Executor, partitions: Sequence[Partition],
+                  into: Head | None = None, epochs: int = 1, desc: str = "train") -> tuple[Head, int]:
+    """Learn ``partitions`` on ``executor`` and merge them, in order, into ``into`` (default: a fresh head).
+
+    Returns the head and the rows learnt.
+    """
+    result = head.build() if into is None else into
+    rows = 0
+    for partial in executor.map(fit_partition, [(head, stream, p, epochs) for p in partitions], desc):
+        if partial.rows_seen_:
+            result.merge(partial)
+            rows += partial.rows_seen_
+    return result, rows
+
+
+def train_parallel(model: TrainedModel, train_stream: FeatureStream, test_stream: FeatureStream | None,
+                   opts: TrainOptions, executor: Executor, log: Callable[[str], None] = lambda s: None,
+                   rows_per_part: int | None = None) -> dict[str, Any]:
+    """:func:`pipeline.train.train` for mergeable heads, with the learning mapped onto ``executor``."""
+    check_parallel(model.head_name, model.head, opts)
+    check_model_fits(model, train_stream, "the training stores")
+    if test_stream is not None:
+        check_model_fits(model, test_stream, "the test stores")
+    spec = HeadSpec.of(model.head_name, model.head, model.feature_dim)
+    sizes = [(str(s.path), s.n_rows) for s in train_stream.stores]
+    per_part = rows_per_part or max(train_stream.chunk_rows,
+                                    math.ceil(sum(n for _, n in sizes) / (2 * executor.workers)))
+    parts = plan_partitions(sizes, per_part)
+    log(f"{len(parts)} partitions of up to {per_part} rows on {executor.workers} worker(s)")
+    incremental = opts.tasks is not None
+    tasks = opts.tasks or [None]
+    head, matrix, after_each = model.head, [], []
+    t0 = time.perf_counter()
+    rows = 0
+    for t, task in enumerate(tasks):
+        desc = f"train {model.head_name}" + (f" task {t + 1}/{len(tasks)}" if incremental else "")
+        head, learnt = fit_mergeable(spec, StreamSpec.of(train_stream, task), executor, parts, head,
+                                     opts.epochs, desc)
+        rows += learnt
+        head.end_task()
+        if incremental and test_stream is not None:
+            seen = {c for past in tasks[: t + 1] for c in past}
+            ev = evaluate_head(head, test_stream, seen)
+            matrix.append([_nan_none(ev.accuracy_on(set(tasks[j]))) if j <= t else None for j in range(len(tasks))])
+            after_each.append(ev.accuracy)
+            log(f"task {t + 1}/{len(tasks)} ({', '.join(task)}): accuracy on the {len(seen)} classes seen "
+                f"{ev.accuracy:.4f}")
+    learn_s = time.perf_counter() - t0
+    model.head = head
+    held = evaluate_head(head, test_stream)
+    curve = [{"rows_seen": rows, "progressive_accuracy": None, "heldout_accuracy": held.accuracy if held.rows else None}]
+    metrics = _metrics(model, rows, held, curve, learn_s, executor, len(parts))
+    if incremental:
+        metrics.update(_incremental(matrix, after_each, tasks))
+        if opts.joint_reference:
+            joint, _ = fit_mergeable(spec, StreamSpec.of(train_stream), executor, parts, None, opts.epochs, "joint")
+            joint.end_task()
+            metrics["joint_accuracy"] = evaluate_head(joint, test_stream).accuracy
+            metrics["joint_minus_final"] = metrics["joint_accuracy"] - metrics["final_accuracy"]
+    model.stores.extend({"path": str(s.path), "rows": s.n_rows} for s in train_stream.stores
+                        if {"path": str(s.path), "rows": s.n_rows} not in model.stores)
+    model.history.extend(curve)
+    model.progress = None
+    if opts.model_out is not None:
+        save_model(model, opts.model_out)
+    return metrics
+
+
+def _metrics(model: TrainedModel, rows: int, held: Evaluation, curve: list[dict[str, Any]], learn_s: float,
+             executor: Executor, n_parts: int) -> dict[str, Any]:
+    head = model.head
+    return {
+        "head": model.head_name,
+        "settings": head.settings(),
+        "classes": [str(c) for c in head.classes_],
+        "rows_seen": head.rows_seen_,
+        "rows_this_run": rows,
+        "progressive": {"accuracy": None, "rows": 0},  # workers learn without predicting first
+        "heldout": held.report(),
+        "learning_curve": curve,
+        "timing": {"elapsed_s": learn_s, "learn_s": learn_s, "rows_per_s": rows / learn_s if learn_s else None},
+        "head_state": head.describe(),
+        "executor": {"name": "ray" if isinstance(executor, RayExecutor) else "local",
+                     "workers": executor.workers, "partitions": n_parts},
+    }
+
+
+def _incremental(matrix: list[list[float | None]], after_each: list[float], tasks: list[Any]) -> dict[str, Any]:
+    return {"tasks": tasks, "accuracy_matrix": matrix, **continual_metrics(matrix),
+            "accuracy_after_each_task": after_each,
+            "average_incremental_accuracy": sum(after_each) / len(after_each),
+            "final_accuracy": after_each[-1]}
+
+
+def _nan_none(x: float) -> float | None:
+    return None if math.isnan(x) else x

@@ -1,0 +1,205 @@
+"""The training loop's plug-ins: head hooks, replay, evaluation, the accuracy matrix, checkpoints, joint reference.
+
+Each is a :class:`pipeline.loop.Plugin`; :func:`pipeline.train.train` picks
+them from the run's options. A head adds its own with ``Head.plugins()``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.evaluate import Evaluation, continual_metrics
+from pipeline.heads.base import Head
+from pipeline.heads.exemplars import ExperienceReplay
+from pipeline.heads.nme import MEMORY_OPTION, POOL_OPTION
+from pipeline.loop import Chunk, Plugin, TrainingLoop, fmt, ratio
+from pipeline.models import TrainedModel
+from pipeline.stream import FeatureStream
+
+REPLAY_OPTIONS = (MEMORY_OPTION, POOL_OPTION)  # --memory and --pool-size, read by --replay too
+
+
+def evaluate_head(head: Head, stream: FeatureStream | None, classes: set | None = None) -> Evaluation:
+    """Held-out evaluation over a stream (optionally only some classes), bounded memory."""
+    ev = Evaluation()
+    if stream is None:
+        return ev
+    src = stream if classes is None else stream.with_options(classes=classes)
+    for batch in src:
+        if head.classes_:
+            ev.update(batch.y, head.predict_proba(batch.X), head.classes_)
+        else:
+            ev.update(batch.y, np.zeros((len(batch.y), 0)), [])
+    return ev
+
+
+def next_multiple(rows: int, every: int) -> int:
+    return (rows // every + 1) * every if every else 0
+
+
+class HeadHooks(Plugin):
+    """Forward the loop's events to the head's own hooks (before_task, after_chunk, end_task)."""
+
+    def before_task(self, loop: TrainingLoop, task: int) -> None:
+        loop.head.before_task(task, loop.tasks[task])
+
+    def after_update(self, loop: TrainingLoop, chunk: Chunk) -> None:
+        loop.head.after_chunk(chunk.X, chunk.y, chunk.paths)
+
+    def after_task(self, loop: TrainingLoop, task: int) -> None:
+        loop.head.end_task()
+
+
+class Replay(Plugin):
+    """Experience replay: mix remembered rows of earlier tasks into every chunk (kept in ``model.replay``)."""
+
+    def __init__(self, memory: int, pool_size: int, seed: int):
+        self.memory, self.pool_size, self.seed = memory, pool_size, seed
+
+    def before_training(self, loop: TrainingLoop) -> None:
+        if loop.model.replay is None:
+            loop.model.replay = ExperienceReplay(self.memory, self.pool_size, self.seed)
+
+    def before_chunk(self, loop: TrainingLoop, chunk: Chunk) -> Chunk:
+        s = loop.state
+        X, y, own = loop.model.replay.mix(chunk.X, chunk.y, chunk.paths, (s.task, s.epoch, s.rows))
+        return Chunk(X, y, None, chunk.task, chunk.epoch, own)
+
+    def after_task(self, loop: TrainingLoop, task: int) -> None:
+        loop.model.replay.end_task()
+
+
+class EvaluationPoints(Plugin):
+    """The learning curve: progressive and held-out accuracy every ``every`` rows and at the end;
+    the final held-out report in ``metrics["heldout"]``."""
+
+    def __init__(self, test: FeatureStream | None, every: int):
+        self.test, self.every = test, every
+        self.next = 0
+
+    def before_training(self, loop: TrainingLoop) -> None:
+        self.next = next_multiple(loop.state.rows, self.every)
+
+    def next_stop(self, loop: TrainingLoop) -> int:
+        return self.next
+
+    def after_chunk(self, loop: TrainingLoop, chunk: Chunk, preds: np.ndarray) -> None:
+        if self.next and loop.state.rows >= self.next:
+            self.point(loop)
+            self.next += self.every
+
+    def point(self, loop: TrainingLoop, held: Evaluation | None = None) -> None:
+        s = loop.state
+        if held is None and self.test is not None:
+            held = evaluate_head(loop.head, self.test, loop.seen_classes() if loop.incremental else None)
+        entry = {"rows_seen": s.rows, "progressive_accuracy": ratio(s.progressive_correct, s.progressive_rows),
+                 "heldout_accuracy": held.accuracy if held is not None and held.rows else None}
+        s.curve.append(entry)
+        loop.log(f"rows {s.rows}: progressive accuracy {fmt(entry['progressive_accuracy'])}"
+                 + (f", held-out accuracy {fmt(entry['heldout_accuracy'])}" if held is not None else ""))
+
+    def after_training(self, loop: TrainingLoop, metrics: dict[str, Any]) -> None:
+        held = evaluate_head(loop.head, self.test)
+        s = loop.state
+        if not s.curve or s.curve[-1]["rows_seen"] != s.rows:
+            self.point(loop, held)
+        loop.model.history.extend(s.curve)
+        metrics["heldout"] = held.report()
+        metrics["learning_curve"] = s.curve
+
+
+class TaskEvaluation(Plugin):
+    """Class-incremental protocol: after each task, accuracy on every task so far (the accuracy matrix)."""
+
+    def __init__(self, test: FeatureStream | None):
+        self.test = test
+
+    def after_task(self, loop: TrainingLoop, task: int) -> None:
+        if self.test is None:
+            return
+        seen = loop.seen_classes(task)
+        ev = evaluate_head(loop.head, self.test, seen)
+        row: list[float | None] = [None] * len(loop.tasks)
+        for j in range(task + 1):
+            acc = ev.accuracy_on(set(loop.tasks[j]))
+            row[j] = None if math.isnan(acc) else acc
+        loop.state.matrix.append(row)
+        loop.state.incremental_accuracy.append(ev.accuracy)
+        loop.log(f"task {task + 1}/{len(loop.tasks)} ({', '.join(loop.tasks[task])}): accuracy on the "
+                 f"{len(seen)} classes seen {fmt(ev.accuracy)}")
+
+    def after_training(self, loop: TrainingLoop, metrics: dict[str, Any]) -> None:
+        s = loop.state
+        metrics.update({"tasks": loop.tasks, "accuracy_matrix": s.matrix})
+        if s.matrix:
+            metrics.update(continual_metrics(s.matrix))
+            metrics["accuracy_after_each_task"] = s.incremental_accuracy
+            metrics["average_incremental_accuracy"] = float(np.mean(s.incremental_accuracy))
+            metrics["final_accuracy"] = s.incremental_accuracy[-1]
+        else:
+            metrics["final_accuracy"] = None
+
+
+class JointReference(Plugin):
+    """The same head trained on every class in one go, on the same data: ``metrics["joint_accuracy"]``."""
+
+    def __init__(self, make_fresh_head: Callable[[], Head], test: FeatureStream | None):
+        self.make_fresh_head, self.test = make_fresh_head, test
+
+    def after_training(self, loop: TrainingLoop, metrics: dict[str, Any]) -> None:
+        joint = self.make_fresh_head()
+        joint.before_task(0, sorted(loop.stream.classes))
+        for epoch in range(loop.epochs):
+            for batch in loop.stream.with_options(classes=None).iter_epoch(epoch):
+                joint.partial_fit(batch.X, batch.y, batch.paths)
+                joint.after_chunk(batch.X, batch.y, batch.paths)
+        joint.end_task()
+        metrics["joint_accuracy"] = evaluate_head(joint, self.test).accuracy
+        metrics["joint_minus_final"] = (metrics["joint_accuracy"] - metrics["final_accuracy"]
+                                        if metrics.get("final_accuracy") is not None else None)
+
+
+class Checkpoints(Plugin):
+    """Save the model with its position every ``every`` rows, after each task (when ``every``),
+    on Ctrl-C when the head is consistent, and at the end."""
+
+    def __init__(self, path: Path | None, every: int, save: Callable[[TrainedModel, Path], None]):
+        self.path, self.every, self.save = path, every, save
+        self.next = 0
+
+    def _save(self, loop: TrainingLoop) -> None:
+        if self.path is not None:
+            loop.model.progress = loop.state.__dict__.copy()
+            self.save(loop.model, self.path)
+
+    def before_training(self, loop: TrainingLoop) -> None:
+        self.next = next_multiple(loop.state.rows, self.every) if self.path is not None else 0
+
+    def next_stop(self, loop: TrainingLoop) -> int:
+        return self.next
+
+    def after_chunk(self, loop: TrainingLoop, chunk: Chunk, preds: np.ndarray) -> None:
+        if self.next and loop.state.rows >= self.next:
+            self._save(loop)
+            self.next += self.every
+
+    def after_task(self, loop: TrainingLoop, task: int) -> None:
+        if self.every and loop.incremental:
+            self._save(loop)
+
+    def after_training(self, loop: TrainingLoop, metrics: dict[str, Any]) -> None:
+        self._save(loop)
+
+    def on_interrupt(self, loop: TrainingLoop, consistent: bool) -> None:
+        if self.path is None or not self.every:
+            return
+        if consistent:
+            self._save(loop)
+            loop.log(f"interrupted: checkpoint saved to {self.path} at row {loop.state.rows}")
+        else:
+            loop.log(f"interrupted during an update: the last checkpoint in {self.path} is kept")
+        loop.log(f"rerun with --resume {self.path} (same stores and options) to continue")

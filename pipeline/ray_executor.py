@@ -1,0 +1,138 @@
+"""Ray, and only here: connect to a cluster, and map a function over work items on it.
+
+The rest of the package never imports Ray; it hands this module plain,
+picklable module-level functions and arguments (store paths and row ranges,
+never arrays), so each task opens its inputs itself and any node can run it.
+
+- :func:`ray_session` connects to the cluster named by ``RAY_ADDRESS`` (Ray's
+  own convention; ``ray start --head`` makes one) or, when it is unset, starts
+  a quiet local Ray (no dashboard, worker logs not forwarded), and shuts down
+  only what it started.
+- :func:`map_ordered` submits one Ray task per item with ``max_retries`` (a task
+  whose worker dies is rerun by Ray, so tasks must be pure or write atomically),
+  keeps at most ``max_in_flight`` running, and yields the results in item order
+  while a progress bar counts finished tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from tqdm import tqdm
+
+from pipeline.errors import ExecutorError, PipelineError
+
+R = TypeVar("R")
+INSTALL_HINT = "pip install 'incremental-pipeline[ray]'"
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorError(f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[dict[str, float]]:
+    """Connect to (or start) Ray for the duration of the block; yields the cluster's resources.
+
+    ``address`` defaults to ``RAY_ADDRESS``; with neither, a local Ray is started
+    (``num_cpus`` caps it). A Ray already initialised in this process (a test
+    session, a notebook) is used as is and left running.
+    """
+    ray = _ray()
+    started = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = {"address": address, "log_to_driver": False, "logging_level": "ERROR",
+                                  "configure_logging": True}
+        if address is None:
+            kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+        else:
+            _probe(address)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise ExecutorError(f"cannot connect to {where}: {exc} (start one with `ray start --head`, "
+                                "or unset RAY_ADDRESS to run a local Ray)") from None
+        started = True
+    try:
+        yield dict(ray.cluster_resources())
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable ``host:port`` (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", "ray://..." (Ray Client): left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): {exc}; start one with "
+                            "`ray start --head`, or unset RAY_ADDRESS to run a local Ray") from None
+
+
+def default_workers(resources: dict[str, float]) -> int:
+    """One task slot per CPU of the cluster."""
+    return max(1, int(resources.get("CPU", 1)))
+
+
+def map_ordered(fn: Callable[..., R], items: Sequence[tuple[Any, ...]], *, max_in_flight: int,
+                num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 3, desc: str = "tasks",
+                progress: bool = True) -> Iterator[R]:
+    """Run ``fn(*item)`` as one Ray task per item; yield the results in item order.
+
+    Needs an active :func:`ray_session`. At most ``max_in_flight`` tasks are
+    submitted at a time (``--workers``); Ray places them and retries a task whose
+    worker died up to ``max_retries`` times. Results that finish early wait in
+    Ray's object store until their turn, so a reducer sees a deterministic order.
+    """
+    ray = _ray()
+    remote = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+    refs: list[Any] = []
+    pending: list[Any] = []
+    done: set[Any] = set()
+    bar = tqdm(total=len(items), unit="task", desc=desc, disable=not progress, file=sys.stderr)
+    next_out = 0
+    try:
+        while next_out < len(items):
+            # bounded: at most max_in_flight running, and as many finished ones waiting their turn
+            while (len(refs) < len(items) and len(pending) < max_in_flight
+                   and len(refs) - next_out < 2 * max_in_flight):
+                ref = remote.remote(*items[len(refs)])
+                refs.append(ref)
+                pending.append(ref)
+            if refs[next_out] not in done:
+                finished, pending = ray.wait(pending, num_returns=1)
+                done.update(finished)
+                bar.update(len(finished))
+                continue
+            try:
+                result = ray.get(refs[next_out])
+            except ray.exceptions.RayError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, PipelineError):  # a user-fixable problem met by the task (bad store, ...)
+                    raise cause from None
+                raise ExecutorError(f"a Ray task failed: {_cause(exc)}") from None
+            refs[next_out] = None  # let Ray free the object
+            next_out += 1
+            yield result
+    finally:
+        bar.close()
+        for ref in pending:
+            ray.cancel(ref, force=True)
+
+
+def _cause(exc: Exception) -> str:
+    cause = getattr(exc, "cause", None)
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).splitlines()[0]

@@ -1,0 +1,166 @@
+"""Parallel training of the sum-statistics heads on a local Ray cluster equals single-process training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.errors import ExecutorError
+from pipeline.models import load_model
+from pipeline.parallel_train import InProcess, StreamSpec, fit_mergeable, HeadSpec, plan_partitions
+from pipeline.runs import run_training
+from pipeline.stream import FeatureStream
+from conftest import make_blobs_store, requires_shared
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'incremental-pipeline[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("ray_stores")
+    return [make_blobs_store(folder / f"s{i}.h5", n, 12, CLASSES, seed=i)
+            for i, n in enumerate((700, 300, 500))]
+
+
+def _train(stores: list[Path], tmp: Path, name: str, executor: str, **kw) -> tuple[dict, object]:
+    out = tmp / f"{name}-{executor}.pkl"
+    kw.setdefault("chunk_rows", 128)
+    metrics = run_training(stores, model_out=out, executor=executor, quiet=True, echo=lambda s: None,
+                           out=lambda s: None, **kw)
+    return metrics, load_model(out)
+
+
+def _same_predictions(a, b, stores: list[Path]) -> None:
+    with FeatureStream(stores) as stream:
+        for batch in stream:
+            assert a.head.predict(batch.X).tolist() == b.head.predict(batch.X).tolist()
+    assert a.classes == b.classes
+
+
+HEADS = [("slda", {}), ("ridge", {}), ("ridge", {"random_features": 40, "ridge_lambda": 1.0}),
+         ("nme", {"class_means": "exact"})]
+
+
+@pytest.mark.parametrize("head,options", HEADS, ids=["slda", "ridge", "ridge-ranpac", "nme-exact"])
+def test_ray_training_equals_one_process(ray_cluster, stores, tmp_path, head, options):
+    local, m_local = _train(stores, tmp_path, head, "local", head=head, holdout=0.25, head_options=options)
+    par, m_par = _train(stores, tmp_path, head, "ray", head=head, holdout=0.25, workers=2, head_options=options)
+    assert par["executor"]["partitions"] > len(stores)  # the big stores were split into row ranges
+    assert par["rows_seen"] == local["rows_seen"] and par["classes"] == local["classes"]
+    assert abs(par["heldout"]["accuracy"] - local["heldout"]["accuracy"]) <= 1e-9
+    assert par["heldout"]["rows"] == local["heldout"]["rows"]
+    _same_predictions(m_local, m_par, stores)
+
+
+def test_class_incremental_ray_run_has_the_local_accuracy_matrix(ray_cluster, stores, tmp_path):
+    kw = dict(head="slda", holdout=0.3, increment=2, class_order=",".join(CLASSES))
+    local, m_local = _train(stores, tmp_path, "ci", "local", **kw)
+    par, m_par = _train(stores, tmp_path, "ci", "ray", workers=2, **kw)
+    np.testing.assert_allclose(np.array(par["accuracy_matrix"], float), np.array(local["accuracy_matrix"], float),
+                               atol=1e-9)
+    assert abs(par["joint_accuracy"] - local["joint_accuracy"]) <= 1e-9
+    assert abs(par["final_accuracy"] - local["final_accuracy"]) <= 1e-9
+    _same_predictions(m_local, m_par, stores)
+
+
+def test_partitions_reduce_in_process_to_the_same_head(stores):
+    """The same split and merge without Ray: the partition plan covers every row once."""
+    with FeatureStream(stores, chunk_rows=64) as stream:
+        one = HeadSpec("ridge", 12, (("ridge_lambda", 0.5),)).build()
+        for batch in stream:
+            one.partial_fit(batch.X, batch.y)
+        parts = plan_partitions([(str(s.path), s.n_rows) for s in stream.stores], 170)
+        assert sum(p.stop - p.start for p in parts) == 1500
+        merged, rows = fit_mergeable(HeadSpec.of("ridge", one, 12), StreamSpec.of(stream), InProcess(), parts)
+        assert rows == 1500
+        np.testing.assert_allclose(merged.coef_, one.coef_, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("args,why", [(["--head", "logreg"], "SGD"), (["--head", "softmax"], "SGD"),
+                                      (["--head", "nme"], "herding"),
+                                      (["--head", "slda", "--eval-every", "100"], "--eval-every")])
+def test_sequential_training_refuses_cleanly(stores, args, why):
+    result = CliRunner().invoke(main, ["train-incremental", str(stores[0]), "--executor", "ray", "-q", *args])
+    assert result.exit_code == 1
+    assert "Error:" in result.output and why in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_cli_ray_run_writes_the_usual_metrics(ray_cluster, stores, tmp_path):
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["train-incremental", *map(str, stores), "--head", "slda", "--holdout", "0.2",
+                                       "--executor", "ray", "--workers", "2", "-q", "--metrics-out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["executor"]["name"] == "ray" and metrics["heldout"]["accuracy"] > 0.5
+    assert "held-out accuracy" in result.output
+
+
+def test_package_never_imports_ray():
+    code = ("import sys, pipeline.cli, pipeline.runs, pipeline.parallel_train, pipeline.ray_executor, pipeline.train;"
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    root = Path(__file__).resolve().parents[1] / "pipeline"
+    importers = [p.name for p in root.rglob("*.py") if "import ray" in p.read_text()]
+    assert importers == ["ray_executor.py"]
+
+
+@requires_shared
+def test_ray_training_on_real_features_equals_one_process(ray_cluster, imagenette_stores, tmp_path):
+    """One real store cut into row ranges (Imagenette-mini, MobileNet 0.25), evaluated on its val store."""
+    train, val = imagenette_stores
+    kw = dict(head="ridge", test_stores=[val], chunk_rows=64)
+    local, m_local = _train([train], tmp_path, "real", "local", **kw)
+    par, m_par = _train([train], tmp_path, "real", "ray", workers=2, **kw)
+    assert par["executor"]["partitions"] >= 4
+    assert abs(par["heldout"]["accuracy"] - local["heldout"]["accuracy"]) <= 1e-9
+    _same_predictions(m_local, m_par, [val])
+
+
+def test_missing_ray_and_unreachable_cluster_are_clear_errors(monkeypatch):
+    from pipeline import ray_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ExecutorError, match=r"pip install 'incremental-pipeline\[ray\]'"):
+        with ray_executor.ray_session():
+            pass
+    with pytest.raises(ExecutorError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
+        ray_executor._probe("127.0.0.1:9", timeout=2)
+
+
+def test_nme_exact_means_merge_exactly_and_exemplar_means_refuse():
+    from pipeline.errors import HeadError
+    from pipeline.heads.nme import NMEHead
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(0, 1, (300, 8)) + np.repeat(np.eye(8)[:3] * 3, 100, axis=0)
+    y = np.repeat(["a", "b", "c"], 100)
+    order = rng.permutation(300)
+    X, y = X[order], y[order]
+    one = NMEHead(class_means="exact", memory=30).partial_fit(X, y)
+    a = NMEHead(class_means="exact", memory=30).partial_fit(X[:120], y[:120])
+    b = NMEHead(class_means="exact", memory=30).partial_fit(X[120:], y[120:])
+    merged = a.merge(b)
+    merged.end_task()
+    one.end_task()
+    assert merged.classes_ == one.classes_
+    np.testing.assert_allclose(merged.class_means_(), one.class_means_(), rtol=1e-12)
+    np.testing.assert_allclose(merged.predict_proba(X), one.predict_proba(X), rtol=1e-9)
+    assert merged.memory_.size == one.memory_.size == 30
+    with pytest.raises(HeadError, match="class-means exact"):
+        NMEHead().partial_fit(X, y).merge(NMEHead().partial_fit(X, y))
