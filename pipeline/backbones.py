@@ -84,6 +84,7 @@ class Backbone:
         self.name: str = info["backbone"]
         self.input_size: tuple[int, int] = tuple(info["input_size"])  # type: ignore[assignment]
         self.feature_dim: int = int(info["feature_dim"])
+        self.config: BackboneConfig | None = None  # the recipe it was built from, when known
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         return self._preprocess(images.astype(np.float32, copy=True))
@@ -177,7 +178,9 @@ def build_backbone(
         "backend": keras.backend.backend(),
         "device": _device(),
     }
-    return Backbone(model, preprocess, info)
+    backbone = Backbone(model, preprocess, info)
+    backbone.config = BackboneConfig(name, weights, alpha, image_size, pooling, mixed_precision)
+    return backbone
 
 
 def load_user_model(path: str | Path, layer: str | None = None, pooling: str = "avg") -> Backbone:
@@ -224,7 +227,9 @@ def load_user_model(path: str | Path, layer: str | None = None, pooling: str = "
         "device": _device(),
         "layer": target.name,
     }
-    return Backbone(model, lambda x: x, info)
+    backbone = Backbone(model, lambda x: x, info)
+    backbone.config = BackboneConfig(pooling=pooling, model_path=str(path), layer=layer)
+    return backbone
 
 
 def backbone_from_info(info: dict[str, Any], weights: str | None = None, model_path: str | None = None) -> Backbone:
@@ -281,3 +286,13 @@ def backbone_for(config: BackboneConfig) -> Backbone:
     if config not in _BUILT:
         _BUILT[config] = config.build()
     return _BUILT[config]
+
+
+def as_config(backbone: "Backbone | BackboneConfig") -> BackboneConfig:
+    """The recipe of ``backbone``; a built one is cached so this process reuses it."""
+    if isinstance(backbone, BackboneConfig):
+        return backbone
+    if backbone.config is None:  # a hand-made Backbone: usable in this process only
+        backbone.config = BackboneConfig(name=f"live:{id(backbone)}")
+    _BUILT[backbone.config] = backbone
+    return backbone.config

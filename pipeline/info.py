@@ -98,6 +98,16 @@ def describe_store(path: str | Path) -> dict[str, Any]:
     return info
 
 
+def describe_parts_store(parts: Path) -> dict[str, Any]:
+    """A ``--no-merge`` parts folder, complete: described as the one store it reads as."""
+    from pipeline.store import open_store
+
+    with open_store(parts) as store:
+        info = {"path": str(parts), "kind": "store", "complete": True, **_store_facts(store)}
+    info["size_bytes"] = sum(f.stat().st_size for f in parts.glob(SHARD_GLOB))
+    return info
+
+
 def describe_partial(parts: str | Path) -> dict[str, Any]:
     """Progress of an unfinished extraction: the ``OUT.parts`` folder of shards and its manifest."""
     parts = Path(parts)
@@ -128,13 +138,14 @@ def describe_partial(parts: str | Path) -> dict[str, Any]:
                 facts = _store_facts(shard, count_classes=False)
     info: dict[str, Any] = {"path": str(parts), "kind": "partial", "complete": False,
                             "shards_done": len(shard_paths), "rows_done": rows,
-                            "files_done": files_done, "files_total": manifest.get("files"),
+                            "files_done": files_done,
+                            "files_total": (manifest.get("settings") or manifest).get("files"),
                             "skipped_count": skipped,
                             "classes": [{"name": k, "rows": v} for k, v in counts.items()],
                             "unlabelled": unlabelled}
-    info["identity"] = facts.get("identity") or _identity(manifest)
+    info["identity"] = facts.get("identity") or _identity(manifest.get("settings") or manifest)
     info["feature_dim"] = facts.get("feature_dim")
-    info["dtype"] = facts.get("dtype", manifest.get("dtype"))
+    info["dtype"] = facts.get("dtype", (manifest.get("settings") or manifest).get("dtype"))
     info["manifest"] = _plain(manifest)
     return info
 
@@ -159,6 +170,10 @@ def describe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     parts = _parts_of(path)
     if parts is not None:
+        from pipeline.store_parts import read_manifest
+
+        if (read_manifest(parts) or {}).get("complete"):
+            return describe_parts_store(parts)
         return describe_partial(parts)
     if not path.exists():
         raise StoreError(f"{path} does not exist")

@@ -1,11 +1,14 @@
 """End-to-end prediction on raw images with a saved model.
 
 The backbone recorded in the model is rebuilt (same preprocessing and input
-size as extraction) and images are decoded with the same function.
+size as extraction) and images go through the same reader -> mapper path as
+extraction (:func:`read_batches` decodes in threads ahead of the model,
+:func:`embed_decoded` embeds).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +17,8 @@ import numpy as np
 
 from pipeline.backbones import Backbone, backbone_from_info
 from pipeline.errors import SourceError
-from pipeline.images import IMAGE_EXTENSIONS, decode_image
+from pipeline.extraction.partition import embed_decoded, read_batches
+from pipeline.images import IMAGE_EXTENSIONS, try_decode
 from pipeline.models import TrainedModel
 
 
@@ -46,23 +50,20 @@ def model_backbone(model: TrainedModel, weights: str | None = None, keras_model:
 
 
 def predict_images(model: TrainedModel, backbone: Backbone, files: list[Path],
-                   batch_size: int = 32) -> Iterator[Prediction]:
-    """Yield one prediction per file; undecodable files give a prediction with ``error`` set."""
+                   batch_size: int = 32, decode_threads: int = 2) -> Iterator[Prediction]:
+    """Yield one prediction per file, in order; undecodable files give a prediction with ``error`` set."""
     classes = model.head.classes_
-    for start in range(0, len(files), batch_size):
-        group = files[start:start + batch_size]
-        arrays, ok, failed = [], [], {}
-        for f in group:
-            try:
-                arrays.append(decode_image(f, backbone.input_size))
-                ok.append(f)
-            except Exception as exc:  # reported per file, the run goes on
-                failed[f] = f"{type(exc).__name__}: {exc}"
-        proba = model.head.predict_proba(backbone.embed(np.stack(arrays), batch_size)) if arrays else np.zeros((0, 0))
-        rows = {f: proba[i] for i, f in enumerate(ok)}
-        for f in group:
-            if f in failed:
-                yield Prediction(str(f), None, None, failed[f])
-            else:
-                k = int(np.argmax(rows[f]))
-                yield Prediction(str(f), str(classes[k]), float(rows[f][k]))
+    groups = [files[s:s + batch_size] for s in range(0, len(files), batch_size)]
+    with ThreadPoolExecutor(decode_threads) as pool:
+        decode = lambda f: try_decode(f, backbone.input_size)  # noqa: E731
+        for group, decoded in zip(groups, read_batches(pool, groups, decode)):
+            feats, good, skipped = embed_decoded(backbone, decoded, batch_size)
+            proba = model.head.predict_proba(feats) if good else np.zeros((0, 0))
+            rows = dict(zip(good, proba))
+            errors = dict(skipped)
+            for k, f in enumerate(group):
+                if k in errors:
+                    yield Prediction(str(f), None, None, errors[k])
+                else:
+                    best = int(np.argmax(rows[k]))
+                    yield Prediction(str(f), str(classes[best]), float(rows[k][best]))

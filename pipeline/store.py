@@ -36,6 +36,8 @@ REQUIRED_ATTRS = (
 IDENTITY_KEYS = ("backbone", "weights", "alpha", "input_size", "preprocessing", "pooling", "feature_dim")
 STR = h5py.string_dtype("utf-8")
 _CACHE_BYTES = 64 << 20  # compressed appends are ~10x slower with h5py's 1 MiB default
+WRITE_ERRORS = (OSError, RuntimeError)  # h5py raises RuntimeError (errno 28) for a full disk
+
 
 
 def _to_attr(value: Any) -> Any:
@@ -135,6 +137,21 @@ class StoreWriter:
     def set_attrs(self, **attrs: Any) -> None:
         for key, value in attrs.items():
             self.file.attrs[key] = _to_attr(value)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close the file after a failure (before it is removed), never raising."""
+        try:
+            if self.file.id.valid:
+                self.file.close()
+        except Exception:  # the write already failed; the file is discarded
+            pass
 
     def close(self, complete: bool = False) -> None:
         if not self.file.id.valid:
@@ -262,8 +279,17 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, rows={self.n_rows}, dim={self.feature_dim}, classes={len(self.classes)})"
 
 
-def open_store(path: str | Path, allow_incomplete: bool = False) -> FeatureStore:
-    """Open and validate a store; an incomplete one is refused unless ``allow_incomplete``."""
+def open_store(path: str | Path, allow_incomplete: bool = False) -> Any:
+    """Open and validate a store; an incomplete one is refused unless ``allow_incomplete``.
+
+    ``path`` is a store file, a parts folder written with ``--no-merge``, or
+    the output path of such a run (its ``.parts`` folder is then read).
+    """
+    from pipeline.store_parts import find_parts, open_parts
+
+    folder = find_parts(Path(path))
+    if folder is not None:
+        return open_parts(folder, allow_incomplete)
     store = FeatureStore(path)
     if not store.complete and not allow_incomplete:
         store.close()

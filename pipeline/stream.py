@@ -1,6 +1,7 @@
 """Stores -> a stream of ``(X, y)`` chunks with bounded memory.
 
-Several stores (or shards written by separate workers) read as one stream:
+Several stores (or shards written by separate workers, or the parts folder of
+``extract-features --no-merge``) read as one stream:
 they must share the backbone identity, and their class lists are merged by
 name. Rows can be split into train / held-out by a hash of their path (the
 same image always lands on the same side), filtered to a subset of classes

@@ -127,7 +127,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
 
 
 def test_full_disk_mid_run_is_a_clear_error_and_the_rerun_completes(tmp_path, small_backbone, monkeypatch):
-    import pipeline.extract as extract_module
+    import pipeline.extraction.partition as extract_module
 
     src = link_subset(DVC, tmp_path / "src", kaggle_names(40))
     out, clean = tmp_path / "s.h5", tmp_path / "clean.h5"
@@ -153,3 +153,47 @@ def test_full_disk_mid_run_is_a_clear_error_and_the_rerun_completes(tmp_path, sm
     Xb, yb, pb = _read(clean)
     assert pa == pb and len(pa) == 80
     np.testing.assert_array_equal(Xa, Xb)
+
+
+def test_no_merge_parts_folder_trains_and_evaluates_exactly_like_the_merged_store(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    src = link_subset(DVC, tmp_path / "src", kaggle_names(30))
+    (src / "dog.999.jpg").write_bytes(b"")
+    merged, parted = tmp_path / "m.h5", tmp_path / "p.h5"
+    runner = CliRunner()
+    opts = [*SMALL, "--batch-size", "8", "--checkpoint-rows", "16"]
+    for out, extra in ((merged, ["-q"]), (parted, ["-q", "--no-merge"])):
+        r = runner.invoke(main, ["extract-features", str(src), "-o", str(out), *opts, *extra])
+        assert r.exit_code == 0, r.output
+    parts = tmp_path / "p.h5.parts"
+    assert not parted.exists() and (parts / "manifest.json").is_file()
+    assert len(list(parts.glob("shard-*.h5"))) == 4  # 61 files, 16 per partition
+    stamp = (parts / "manifest.json").stat().st_mtime_ns
+    r = runner.invoke(main, ["extract-features", str(src), "-o", str(parted), *opts, "--no-merge"])
+    assert r.exit_code == 0 and "is already complete (60 rows, 1 skipped)" in r.output, r.output
+    assert (parts / "manifest.json").stat().st_mtime_ns == stamp
+    with open_store(merged) as a, open_store(parted) as b, open_store(parts) as c:
+        assert a.n_rows == b.n_rows == c.n_rows == 60 and a.classes == b.classes
+        assert b.skipped() == a.skipped() == [("dog.999.jpg", b.skipped()[0][1])]
+        np.testing.assert_array_equal(a.read(0, 60).X, b.read(0, 60).X)
+        for start, stop in ((0, 7), (10, 37), (15, 17), (50, 99)):  # reads across shard boundaries
+            ca, cb = a.read(start, stop), b.read(start, stop)
+            assert ca.paths == cb.paths and ca.start == cb.start
+            np.testing.assert_array_equal(ca.X, cb.X)
+            np.testing.assert_array_equal(ca.y, cb.y)
+    metrics = {}
+    for name, store in (("merged", merged), ("parted", parted), ("folder", parts)):
+        model, m_json, e_json = tmp_path / f"{name}.pkl", tmp_path / f"{name}.json", tmp_path / f"{name}-e.json"
+        r = runner.invoke(main, ["train-incremental", str(store), "--head", "logreg", "--holdout", "0.3",
+                                 "--chunk-rows", "7", "--model-out", str(model), "--metrics-out", str(m_json)])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(main, ["evaluate", str(model), str(store), "--metrics-out", str(e_json)])
+        assert r.exit_code == 0, r.output
+        import json
+
+        train_m, eval_m = json.loads(m_json.read_text()), json.loads(e_json.read_text())
+        metrics[name] = (train_m["heldout"], train_m["progressive"], train_m["rows_seen"], eval_m["heldout"])
+    assert metrics["merged"] == metrics["parted"] == metrics["folder"]

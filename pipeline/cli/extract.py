@@ -50,20 +50,24 @@ Examples:
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Decoding threads.")
 @click.option("--checkpoint-rows", type=click.IntRange(1), default=256, show_default=True,
               help="Rows per resumable shard: an interrupted run redoes at most this many.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store or partial run.")
+@click.option("--overwrite", is_flag=True,
+              help="Redo: the existing store stays until the new one is complete, then is replaced.")
+@click.option("--no-merge", is_flag=True,
+              help="Leave OUT.parts/ (shards + manifest) as the store instead of merging it into OUT.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @friendly_errors
 def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | None, exclude: tuple[Path, ...],
                          backbone: str, weights: str, alpha: float | None,
                          image_size: int | None, pooling: str, model_path: Path | None, layer: str | None,
                          batch_size: int, mixed_precision: bool, dtype: str, compression: str | None, seed: int,
-                         no_shuffle: bool, workers: int, checkpoint_rows: int, overwrite: bool, quiet: bool) -> None:
+                         no_shuffle: bool, workers: int, checkpoint_rows: int, overwrite: bool, no_merge: bool,
+                         quiet: bool) -> None:
     """Embed the images of SOURCE with a pre-trained CNN into a chunked HDF5 store.
 
     Interrupt it at any time and rerun the same command to continue.
     """
     _show_warnings()
-    from pipeline.backbones import build_backbone, load_user_model
+    from pipeline.backbones import BackboneConfig
     from pipeline.extract import extract_features
     from pipeline.images import list_images
 
@@ -79,21 +83,24 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
             return
     done_before = f"; {excluded} files already in the excluded stores were left out" if exclude else ""
     if model_path is not None:
-        bb = load_user_model(model_path, layer, pooling)
+        config = BackboneConfig(pooling=pooling, model_path=str(model_path), layer=layer)
     else:
-        bb = build_backbone(backbone, weights, alpha, image_size, pooling, mixed_precision)
+        config = BackboneConfig(backbone, weights, alpha, image_size, pooling, mixed_precision)
     if not quiet:
-        click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout{done_before}); "
-                   f"{bb.name} -> {bb.feature_dim}-d features on {bb.info['device']}", err=True)
-    res = extract_features(listed, out, bb, seed=seed, shuffle=not no_shuffle, batch_size=batch_size, dtype=dtype,
-                           compression=compression, workers=workers, checkpoint_rows=checkpoint_rows,
-                           overwrite=overwrite, progress=not quiet)
+        click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout{done_before})",
+                   err=True)
+    res = extract_features(listed, out, config, seed=seed, shuffle=not no_shuffle, batch_size=batch_size,
+                           dtype=dtype, compression=compression, workers=workers, checkpoint_rows=checkpoint_rows,
+                           overwrite=overwrite, merge=not no_merge, progress=not quiet)
     if quiet:
         return
+    where = out if res.merged else f"{out}.parts/ (--no-merge)"
     if res.already_complete:
-        click.echo(f"{out} is already complete ({res.rows} rows, {res.skipped} skipped{done_before}); "
+        click.echo(f"{where} is already complete ({res.rows} rows, {res.skipped} skipped{done_before}); "
                    "pass --overwrite to redo it")
         return
-    resumed = f", resumed at file {res.resumed_at}" if res.resumed_at else ""
-    click.echo(f"wrote {res.rows} rows to {out} ({res.skipped} files skipped{resumed}{done_before}) in "
-               f"{res.elapsed_s:.1f} s, {res.images_per_s:.1f} images/s")
+    bb = res.backbone
+    resumed = f", resumed with {res.resumed_at} files already done" if res.resumed_at else ""
+    click.echo(f"wrote {res.rows} rows of {bb['backbone']} {bb['feature_dim']}-d features ({bb['device']}) to "
+               f"{where} ({res.skipped} files skipped{resumed}{done_before}) in {res.elapsed_s:.1f} s, "
+               f"{res.images_per_s:.1f} images/s")

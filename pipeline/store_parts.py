@@ -1,0 +1,162 @@
+"""A parts folder read as one store: the shards of an extraction and their manifest.
+
+``extract-features --no-merge`` leaves ``OUT.parts/`` (``manifest.json`` plus
+one ``shard-<file_start>.h5`` per partition) instead of merging it into
+``OUT``. When the manifest says ``complete``, :class:`PartsStore` reads the
+shards in partition order with the interface of
+:class:`pipeline.store.FeatureStore`, so every command accepts the folder (or
+``OUT`` itself) wherever it accepts a store. Only one shard is open at a time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline.errors import StoreError
+from pipeline.store import IDENTITY_KEYS, WRITE_ERRORS, Chunk, FeatureStore, atomic_path
+
+MANIFEST = "manifest.json"
+PARTS_FORMAT = "incremental-pipeline-parts"
+PARTS_VERSION = 1
+
+
+def parts_folder(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a parts folder, or None when there is none (or not ours)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path} cannot be read ({exc}); remove {folder} to start over") from None
+    return data if isinstance(data, dict) and data.get("format") == PARTS_FORMAT else None
+
+
+def write_manifest(folder: Path, data: dict[str, Any]) -> None:
+    try:
+        with atomic_path(folder / MANIFEST) as tmp:
+            tmp.write_text(json.dumps({"format": PARTS_FORMAT, "format_version": PARTS_VERSION, **data},
+                                      indent=1, sort_keys=True))
+    except WRITE_ERRORS as exc:
+        raise StoreError(f"writing {folder / MANIFEST} failed ({exc}); free disk space and rerun the same "
+                         "command to continue") from None
+
+
+def find_parts(path: Path) -> Path | None:
+    """The parts folder to read for ``path``: the folder itself, or ``OUT.parts`` when ``OUT`` is absent."""
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return path
+    if not path.exists() and (parts_folder(path) / MANIFEST).is_file():
+        return parts_folder(path)
+    return None
+
+
+class PartsStore:
+    """The shards of a ``--no-merge`` extraction, read as one store (same interface as FeatureStore)."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]):
+        self.path = folder
+        self.shards: list[str] = [s["name"] for s in manifest.get("shards", [])]
+        rows = [int(s["rows"]) for s in manifest.get("shards", [])]
+        self.offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).tolist()
+        self.n_rows = int(self.offsets[-1])
+        self.complete = bool(manifest.get("complete"))
+        if not self.shards:
+            raise StoreError(f"{folder} holds no finished shard yet")
+        self._open: tuple[int, FeatureStore] | None = None
+        first = self._shard(0)
+        self.meta: dict[str, Any] = {k: v for k, v in first.meta.items() if k not in ("file_start", "file_stop")}
+        self.meta.update(rows_done=self.n_rows, complete=self.complete,
+                         skipped_count=int(manifest.get("skipped_count", 0)))
+        self.feature_dim = first.feature_dim
+        self.classes = first.classes
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {key: self.meta.get(key, "") for key in IDENTITY_KEYS}
+
+    def _shard(self, k: int) -> FeatureStore:
+        if self._open is None or self._open[0] != k:
+            self.close()
+            shard = FeatureStore(self.path / self.shards[k])
+            expected = self.offsets[k + 1] - self.offsets[k]
+            if shard.n_rows != expected:
+                shard.close()
+                raise StoreError(f"{shard.path} holds {shard.n_rows} rows, its manifest says {expected}")
+            self._open = (k, shard)
+        return self._open[1]
+
+    def read(self, start: int, stop: int) -> Chunk:
+        stop = min(stop, self.n_rows)
+        begin, pieces = start, []
+        k = max(0, bisect.bisect_right(self.offsets, start) - 1)
+        while start < stop and k < len(self.shards):
+            base = self.offsets[k]
+            if self.offsets[k + 1] > start:
+                pieces.append(self._shard(k).read(start - base, min(stop, self.offsets[k + 1]) - base))
+                start = min(stop, self.offsets[k + 1])
+            k += 1
+        if not pieces:
+            return Chunk(np.zeros((0, self.feature_dim), np.float32), np.zeros(0, np.int32), [], begin)
+        if len(pieces) == 1:
+            return Chunk(pieces[0].X, pieces[0].y, pieces[0].paths, begin)
+        return Chunk(np.concatenate([p.X for p in pieces]), np.concatenate([p.y for p in pieces]),
+                     [q for p in pieces for q in p.paths], begin)
+
+    def iter_chunks(self, chunk_rows: int = 4096, start: int = 0, stop: int | None = None) -> Iterator[Chunk]:
+        stop = self.n_rows if stop is None else min(stop, self.n_rows)
+        for begin in range(start, stop, chunk_rows):
+            yield self.read(begin, min(begin + chunk_rows, stop))
+
+    def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.read(start, self.n_rows if stop is None else stop).y
+
+    def paths(self, start: int = 0, stop: int | None = None) -> list[str]:
+        return self.read(start, self.n_rows if stop is None else stop).paths
+
+    def skipped(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """Files that could not be decoded, with their reasons (the first ``limit`` when given)."""
+        found: list[tuple[str, str]] = []
+        for k in range(len(self.shards)):
+            if limit is not None and len(found) >= limit:
+                break
+            found.extend(self._shard(k).skipped(None if limit is None else limit - len(found)))
+        return found
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def __enter__(self) -> "PartsStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PartsStore({str(self.path)!r}, rows={self.n_rows}, shards={len(self.shards)}, dim={self.feature_dim})"
+
+
+def open_parts(folder: Path, allow_incomplete: bool = False) -> PartsStore:
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise StoreError(f"{folder} is not a parts folder of extract-features (no usable {MANIFEST})")
+    if not manifest.get("complete") and not allow_incomplete:
+        raise StoreError(f"{folder} is an unfinished extraction: rerun extract-features to finish it")
+    if not manifest.get("complete"):  # list the finished shards in order (rows known only once opened)
+        shards = []
+        for path in sorted(folder.glob("shard-*.h5")):
+            with FeatureStore(path) as shard:
+                shards.append({"name": path.name, "rows": shard.n_rows})
+        manifest = {**manifest, "shards": shards}
+    return PartsStore(folder, manifest)
