@@ -114,6 +114,15 @@ class Backbone:
         return np.concatenate(out) if len(out) > 1 else out[0]
 
 
+def _build_failure(name: str, weights: str, alpha: float | None, size: int, exc: Exception) -> str:
+    """One line: a weights file made for another architecture gets no tensor dump."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if weights not in ("imagenet", "none") and ("shape" in str(exc).lower() or "layer" in str(exc).lower()):
+        return (f"the weights file {Path(weights).name} does not fit {name} (alpha={alpha}, image size {size}): "
+                f"it was saved from another architecture or width ({first[:200]})")
+    return f"cannot build {name} with weights={weights!r}, alpha={alpha}, image size {size}: {first[:300]}"
+
+
 def _pool(keras: Any, model: Any, pooling: str) -> Any:
     out = model.output
     if len(out.shape) == 4:
@@ -160,10 +169,11 @@ def build_backbone(
     if alpha is not None:
         kwargs["alpha"] = alpha
     try:
-        with precision_scope(precision):
+        with precision_scope(precision), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns once per mismatched layer before it raises
             model = getattr(keras.applications, spec.constructor)(**kwargs)
     except (ValueError, OSError) as exc:
-        raise BackboneError(f"cannot build {name} with weights={weights!r}, alpha={alpha}, image size {size}: {exc}") from None
+        raise BackboneError(_build_failure(name, weights, alpha, size, exc)) from None
     if pooling == "none":
         model = _pool(keras, model, "none")
         warnings.warn(

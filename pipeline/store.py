@@ -258,6 +258,10 @@ class FeatureStore:
             paths = self.paths(start, stop)
         except OSError as exc:
             raise StoreError(f"{self.path} is corrupt or truncated: rows {start}:{stop} cannot be read ({exc})") from None
+        if len(y) and (int(y.min()) < -1 or int(y.max()) >= len(self.classes)):
+            bad = int(y.min()) if int(y.min()) < -1 else int(y.max())
+            raise StoreError(f"{self.path} is corrupt: label index {bad} in rows {start}:{stop} is outside "
+                             f"[-1, {len(self.classes) - 1}] (the store has {len(self.classes)} classes)")
         return Chunk(X, y, paths, start)
 
     def iter_chunks(self, chunk_rows: int = 4096, start: int = 0, stop: int | None = None) -> Iterator[Chunk]:

@@ -395,3 +395,31 @@ def test_kill_9_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path
     assert not out.exists() and len(list((tmp_path / "m.h5.parts").glob("shard-*.h5"))) == 7
     subprocess.run(_cli(str(src), "-o", str(out), *KILL_OPTS), env=ENV, check=True)
     assert_same_store(out, clean)
+
+
+def test_crafted_label_index_out_of_range_is_a_clean_error(tmp_path):
+    import h5py
+
+    from conftest import make_blobs_store
+    from pipeline.errors import StoreError
+    from pipeline.store import open_store
+
+    path = make_blobs_store(tmp_path / "s.h5", 20, 4, ["a", "b"])
+    with h5py.File(path, "r+") as f:
+        f["labels"][3] = 7
+    with open_store(path) as store, pytest.raises(StoreError, match="label index 7 .* outside"):
+        list(store.iter_chunks(8))
+
+
+def test_an_output_name_too_long_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    from PIL import Image
+
+    (tmp_path / "src").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "src" / "cat.1.png")
+    result = CliRunner().invoke(main, ["extract-features", str(tmp_path / "src"), "-o", str(tmp_path / ("a" * 300 + ".h5"))])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "File name too long" in result.output, result.output

@@ -27,6 +27,9 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # the environment, not a bug: a name too long, permission denied, ...
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
             hint = INTERRUPT_HINTS.get(func.__name__)
             click.echo("\ninterrupted" + (f": {hint}" if hint else ""), err=True)
