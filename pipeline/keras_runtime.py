@@ -59,3 +59,21 @@ def device() -> str:
 
         return f"GPU x{torch.cuda.device_count()}" if torch.cuda.is_available() else "CPU"
     return name
+
+
+def allow_memory_growth() -> None:
+    """Let TensorFlow take GPU memory as it needs it, not all of it up front.
+
+    Call before any model is built (a Ray actor does so first thing): with one
+    GPU per actor, the decode threads and the model share the card with nothing
+    else, but a co-located process (another actor, a notebook) still fits.
+    """
+    if backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process: keep its setting
+            pass

@@ -40,7 +40,11 @@ Examples:
 @click.option("--compression", type=click.Choice(["lzf", "gzip"]), default=None, help="HDF5 compression (slower reads).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the image order shuffle.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the sorted file order.")
-@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Decoding threads.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: run the partitions on a Ray cluster (RAY_ADDRESS, else a local Ray); OUT must be on a "
+                   "filesystem every worker sees.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="local: decoding threads [2]; ray: model workers (actors) [one per GPU, else one per 2 CPUs].")
 @click.option("--checkpoint-rows", type=click.IntRange(1), default=256, show_default=True,
               help="Rows per resumable shard: an interrupted run redoes at most this many.")
 @click.option("--overwrite", is_flag=True,
@@ -52,7 +56,7 @@ Examples:
 def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, weights: str, alpha: float | None,
                          image_size: int | None, pooling: str, model_path: Path | None, layer: str | None,
                          batch_size: int, mixed_precision: bool, dtype: str, compression: str | None, seed: int,
-                         no_shuffle: bool, workers: int, checkpoint_rows: int, overwrite: bool, no_merge: bool,
+                         no_shuffle: bool, executor: str, workers: int | None, checkpoint_rows: int, overwrite: bool, no_merge: bool,
                          quiet: bool) -> None:
     """Embed the images of SOURCE with a pre-trained CNN into a chunked HDF5 store.
 
@@ -61,6 +65,7 @@ def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, we
     _show_warnings()
     from pipeline.backbones import BackboneConfig
     from pipeline.extract import extract_features
+    from pipeline.extraction import make_executor
     from pipeline.images import list_images
 
     listed = list_images(source, layout)
@@ -71,7 +76,7 @@ def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, we
     if not quiet:
         click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout)", err=True)
     res = extract_features(listed, out, config, seed=seed, shuffle=not no_shuffle, batch_size=batch_size,
-                           dtype=dtype, compression=compression, workers=workers, checkpoint_rows=checkpoint_rows,
+                           dtype=dtype, compression=compression, executor=make_executor(executor, workers), checkpoint_rows=checkpoint_rows,
                            overwrite=overwrite, merge=not no_merge, progress=not quiet)
     if quiet:
         return
@@ -84,4 +89,4 @@ def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, we
     resumed = f", resumed with {res.resumed_at} files already done" if res.resumed_at else ""
     click.echo(f"wrote {res.rows} rows of {bb['backbone']} {bb['feature_dim']}-d features ({bb['device']}) to "
                f"{where} ({res.skipped} files skipped{resumed}) in {res.elapsed_s:.1f} s, "
-               f"{res.images_per_s:.1f} images/s")
+               f"{res.images_per_s:.1f} images/s" + (f" [{res.executor}]" if res.executor != "local" else ""))
