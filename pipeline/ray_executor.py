@@ -139,9 +139,13 @@ class WorkerPool:
 
     def call(self, method: str, *args: Any) -> Any:
         """``method(*args)`` on one actor, waited for."""
+        return self.call_all(method, *args, actors=1)[0]
+
+    def call_all(self, method: str, *args: Any, actors: int | None = None) -> list[Any]:
+        """``method(*args)`` on every actor (or the first ``actors``) at once, waited for (e.g. to warm them up)."""
         ray = _ray()
         try:
-            return ray.get(getattr(self.actors[0], method).remote(*args))
+            return ray.get([getattr(a, method).remote(*args) for a in self.actors[:actors]])
         except ray.exceptions.RayError as exc:
             raise _failure(exc) from None
 

@@ -260,3 +260,20 @@ def test_driver_killed_with_sigkill_resumes_to_the_same_store(extract_source, lo
     assert 1 <= done < 6 and not out.exists(), f"killed with {done} of 6 shards written"
     subprocess.run(cmd, env=env, check=True)  # the same command, local executor: continues
     assert_same_store(out, local_store)
+
+
+@requires_shared
+def test_predict_on_ray_writes_the_local_csv(ray_cluster, extract_source, local_store, tmp_path):
+    from conftest import WEIGHTS_025
+    from pipeline.runs import run_prediction
+
+    model = tmp_path / "slda.pkl"
+    run_training([local_store], model_out=model, head="slda", quiet=True, echo=lambda s: None, out=lambda s: None)
+    outputs = {}
+    for executor in ("local", "ray"):
+        outputs[executor] = tmp_path / f"{executor}.csv"
+        run_prediction(model, [extract_source.root], str(WEIGHTS_025), batch_size=4, output=outputs[executor],
+                       out=lambda s: None, executor=executor, workers=2)
+    local = outputs["local"].read_text()
+    assert local.count("\n") == 25 and local.count(",,") == 2  # header, 24 files, 2 errors (no label)
+    assert outputs["ray"].read_text() == local

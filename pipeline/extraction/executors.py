@@ -115,7 +115,12 @@ class RayExecutor:
         if config.name.startswith("live:"):
             raise ExecutorError("a backbone built in this process cannot be sent to Ray workers; pass a "
                                 "BackboneConfig (a registry name and weights, or a model path)")
-        return self._pool().call("info", config)
+        # every actor builds its model now, in parallel, before the timed run; they must agree
+        infos = self._pool().call_all("info", config)
+        if any(info != infos[0] for info in infos[1:]):
+            raise ExecutorError(f"Ray workers built different backbones: {infos[0]} and "
+                                f"{next(i for i in infos if i != infos[0])} (mixed node types or packages?)")
+        return infos[0]
 
     def run(self, job: PartitionJob, parts: Sequence[Partition], on_images: OnImages) -> Iterator[PartitionResult]:
         pool = self._pool()
