@@ -15,8 +15,10 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.errors import BackboneError
+from pipeline.keras_runtime import compiled_forward, kernels, precision_scope
 from pipeline.keras_runtime import device as _device
 from pipeline.keras_runtime import keras as _keras
+from pipeline.precision import resolve_precision
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Backbone:
 
     def __init__(self, model: Any, preprocess: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]):
         self.model = model
+        self._forward = compiled_forward(model)
         self._preprocess = preprocess
         self.info = info
         self.name: str = info["backbone"]
@@ -106,7 +109,7 @@ class Backbone:
             k = len(x)
             if k < batch_size:
                 x = np.concatenate([x, np.zeros((batch_size - k, *x.shape[1:]), x.dtype)])
-            y = np.asarray(self.model.predict_on_batch(x), dtype=np.float32).reshape(len(x), -1)
+            y = np.asarray(self._forward(x), dtype=np.float32).reshape(len(x), -1)
             out.append(y[:k])
         return np.concatenate(out) if len(out) > 1 else out[0]
 
@@ -129,9 +132,14 @@ def build_backbone(
     alpha: float | None = None,
     image_size: int | None = None,
     pooling: str = "avg",
-    mixed_precision: bool = False,
+    precision: str = "float32",
 ) -> Backbone:
-    """Build a registry backbone, e.g. ``build_backbone("mobilenet", path, alpha=0.25, image_size=128)``."""
+    """Build a registry backbone, e.g. ``build_backbone("mobilenet", path, alpha=0.25, image_size=128)``.
+
+    ``precision`` is the compute precision (``float32``, ``bfloat16``,
+    ``float16`` or ``auto``, see :mod:`pipeline.precision`); features come out
+    as float32 whatever it is.
+    """
     if name not in REGISTRY:
         raise BackboneError(f"unknown backbone {name!r}; expected one of {', '.join(REGISTRY)}")
     if pooling not in POOLINGS:
@@ -142,9 +150,7 @@ def build_backbone(
     identity = weights_identity(weights)
     size = image_size or spec.input_size
     keras = _keras()
-    previous_policy = keras.mixed_precision.global_policy()
-    if mixed_precision:  # layers keep the policy they were built with; restored below
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    precision = resolve_precision(precision, name, _device())
     kwargs: dict[str, Any] = {
         "include_top": False,
         "weights": None if weights == "none" else weights,
@@ -154,11 +160,10 @@ def build_backbone(
     if alpha is not None:
         kwargs["alpha"] = alpha
     try:
-        model = getattr(keras.applications, spec.constructor)(**kwargs)
+        with precision_scope(precision):
+            model = getattr(keras.applications, spec.constructor)(**kwargs)
     except (ValueError, OSError) as exc:
         raise BackboneError(f"cannot build {name} with weights={weights!r}, alpha={alpha}, image size {size}: {exc}") from None
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
     if pooling == "none":
         model = _pool(keras, model, "none")
         warnings.warn(
@@ -173,13 +178,14 @@ def build_backbone(
         "preprocessing": f"keras.applications.{spec.preprocess_module}.preprocess_input ({spec.preprocessing})",
         "pooling": pooling,
         "feature_dim": int(np.prod(model.output.shape[1:])),
-        "mixed_precision": bool(mixed_precision),
+        "precision": precision,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
         "device": _device(),
+        **kernels(),
     }
     backbone = Backbone(model, preprocess, info)
-    backbone.config = BackboneConfig(name, weights, alpha, image_size, pooling, mixed_precision)
+    backbone.config = BackboneConfig(name, weights, alpha, image_size, pooling, precision)
     return backbone
 
 
@@ -221,10 +227,11 @@ def load_user_model(path: str | Path, layer: str | None = None, pooling: str = "
         "preprocessing": "none: raw RGB in [0, 255]",
         "pooling": pooling,
         "feature_dim": int(np.prod(model.output.shape[1:])),
-        "mixed_precision": False,
+        "precision": "float32",
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
         "device": _device(),
+        **kernels(),
         "layer": target.name,
     }
     backbone = Backbone(model, lambda x: x, info)
@@ -232,9 +239,13 @@ def load_user_model(path: str | Path, layer: str | None = None, pooling: str = "
     return backbone
 
 
-def config_from_info(info: dict[str, Any], weights: str | None = None,
-                     model_path: str | None = None) -> "BackboneConfig":
-    """The recipe of the backbone a store or model recorded (``weights`` / ``model_path``: local files)."""
+def config_from_info(info: dict[str, Any], weights: str | None = None, model_path: str | None = None,
+                     precision: str | None = None) -> "BackboneConfig":
+    """The recipe of the backbone a store or model recorded (``weights`` / ``model_path``: local files).
+
+    ``precision`` defaults to the recorded compute precision (float32 for
+    stores and models made before it was recorded).
+    """
     name = str(info["backbone"])
     if name.startswith("user:"):
         if model_path is None:
@@ -249,7 +260,8 @@ def config_from_info(info: dict[str, Any], weights: str | None = None,
         weights = recorded
     alpha = info.get("alpha")
     return BackboneConfig(name, weights, float(alpha) if alpha not in (None, "") else None,
-                          int(info["input_size"][0]), str(info["pooling"]))
+                          int(info["input_size"][0]), str(info["pooling"]),
+                          precision or str(info.get("precision") or "float32"))
 
 
 def check_rebuilt(recorded: dict[str, Any], built: dict[str, Any]) -> None:
@@ -259,9 +271,10 @@ def check_rebuilt(recorded: dict[str, Any], built: dict[str, Any]) -> None:
                             f"{recorded['weights']}, got {built['weights']}")
 
 
-def backbone_from_info(info: dict[str, Any], weights: str | None = None, model_path: str | None = None) -> Backbone:
+def backbone_from_info(info: dict[str, Any], weights: str | None = None, model_path: str | None = None,
+                       precision: str | None = None) -> Backbone:
     """Rebuild the backbone a store or model recorded, checking the weights match."""
-    bb = config_from_info(info, weights, model_path).build()
+    bb = config_from_info(info, weights, model_path, precision).build()
     check_rebuilt(info, bb.info)
     return bb
 
@@ -271,7 +284,7 @@ class BackboneConfig:
     """A picklable recipe for a backbone: workers rebuild the model from it, never receive one.
 
     Either a registry ``name`` (with ``weights``, ``alpha``, ``image_size``,
-    ``pooling``, ``mixed_precision``) or a user ``model_path`` (with ``layer``).
+    ``pooling``, ``precision``) or a user ``model_path`` (with ``layer``).
     """
 
     name: str = "resnet50"
@@ -279,7 +292,7 @@ class BackboneConfig:
     alpha: float | None = None
     image_size: int | None = None
     pooling: str = "avg"
-    mixed_precision: bool = False
+    precision: str = "float32"
     model_path: str | None = None
     layer: str | None = None
 
@@ -287,7 +300,7 @@ class BackboneConfig:
         if self.model_path is not None:
             return load_user_model(self.model_path, self.layer, self.pooling)
         return build_backbone(self.name, self.weights, self.alpha, self.image_size, self.pooling,
-                              self.mixed_precision)
+                              self.precision)
 
 
 _BUILT: dict[BackboneConfig, Backbone] = {}

@@ -150,9 +150,9 @@ def describe_partial(parts: str | Path) -> dict[str, Any]:
     return info
 
 
-def describe_model(path: str | Path) -> dict[str, Any]:
+def describe_model(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
     """Head, settings, classes, rows seen, training stores and backbone identity of a saved model."""
-    summary = _plain(load_model(path).summary())
+    summary = _plain(load_model(path, trust_pickle=trust_pickle).summary())
     backbone = summary.get("backbone") or {}
     return {"path": str(path), "kind": "model", **summary, "identity": _identity(backbone),
             "feature_dim": backbone.get("feature_dim")}
@@ -165,7 +165,7 @@ def _parts_of(path: Path) -> Path | None:
     return parts if not path.exists() and parts.is_dir() else None
 
 
-def describe(path: str | Path) -> dict[str, Any]:
+def describe(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
     """Describe a store file, a partial extraction (``OUT`` or ``OUT.parts``) or a model file."""
     path = Path(path)
     parts = _parts_of(path)
@@ -183,7 +183,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         if _is_hdf5(path) and "not a feature store" not in str(store_error):
             raise  # a store, but a broken one: its own error says why
         try:
-            return describe_model(path)
+            return describe_model(path, trust_pickle)
         except ModelFileError as model_error:
             raise PipelineError(f"{path} is neither a feature store nor a model file "
                                 f"(as a store: {_reason(store_error, path)}; as a model: "

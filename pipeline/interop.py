@@ -36,7 +36,8 @@ from pipeline.store import IDENTITY_KEYS, StoreWriter, atomic_path, open_store
 META_KEY = b"incremental_pipeline"
 EMB_DIR, META_DIR = "img_emb", "metadata"
 EMBEDDING_COLUMN = "embedding"
-KEPT_ATTRS = (*IDENTITY_KEYS, "layer", "mixed_precision", "precision", "keras_version", "backend", "device")
+KEPT_ATTRS = (*IDENTITY_KEYS, "layer", "mixed_precision", "precision", "kernels", "onednn_env", "keras_version",
+              "backend", "device")
 
 
 def _pa() -> tuple[Any, Any]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from pipeline.errors import ModelFileError, OptionError
 from pipeline.heads import head_class, heads, make_head
 from pipeline.heads.registry import readers
-from pipeline.models import TrainedModel, backbone_metadata, load_model, save_model
+from pipeline.models import TrainedModel, backbone_metadata, load_model, migrate_model, save_model
 from pipeline.options import check_run_options
 from pipeline.plugins import REPLAY_OPTIONS
 from pipeline.stream import FeatureStream, StoreScan, check_identity
@@ -75,12 +75,13 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                  checkpoint_every: int = 0, resume: Path | None = None, allow_incomplete: bool = False,
                  quiet: bool = False, increment: int | None = None, tasks: str | None = None,
                  class_order: str | None = None, no_joint: bool = False, replay: bool = False,
-                 executor: str = "local", workers: int | None = None,
+                 executor: str = "local", workers: int | None = None, trust_pickle: bool = False,
                  echo: Echo = print, out: Echo = print) -> dict[str, Any]:
     """Train (or continue) a head on feature stores; returns the metrics dictionary.
 
     ``head_options`` are the head's own options (see ``pipeline.heads.registry``), plus
     ``memory`` / ``pool_size`` for ``replay``. Everything is validated before anything is written.
+    ``trust_pickle`` lets ``resume`` load a model stored as a pickle (River heads, version-1 files).
     """
     nums = check_run_options({"holdout": holdout, "eval_every": eval_every, "epochs": epochs,
                               "shuffle_buffer": shuffle_buffer, "chunk_rows": chunk_rows, "seed": seed,
@@ -90,7 +91,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
     incremental = increment is not None or tasks is not None
     _check_contradictions(holdout, test_stores, checkpoint_every, model_out, incremental, replay, no_joint)
     given = dict(head_options or {})
-    model = load_model(resume) if resume is not None else None
+    model = load_model(resume, trust_pickle=trust_pickle) if resume is not None else None
     if model is not None and head is not None and head != model.head_name:
         raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
     head = model.head_name if model is not None else head or "logreg"
@@ -217,9 +218,9 @@ def write_json(data: dict[str, Any], path: Path) -> None:
 
 
 def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.0, metrics_out: Path | None = None,
-                   allow_incomplete: bool = False, out: Echo = print) -> dict[str, Any]:
+                   allow_incomplete: bool = False, out: Echo = print, trust_pickle: bool = False) -> dict[str, Any]:
     holdout = check_run_options({"holdout": holdout})["holdout"]
-    model = load_model(model_path)
+    model = load_model(model_path, trust_pickle=trust_pickle)
     stream, scan = open_checked(stores, "stores", allow_incomplete=allow_incomplete, holdout=holdout,
                                 split="test" if holdout else "all")
     with stream:
@@ -242,10 +243,11 @@ def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.
 
 def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None = None,
                    keras_model: str | None = None, batch_size: int = 32, output: Path | None = None,
-                   out: Echo = print, executor: str = "local", workers: int | None = None) -> list[Any]:
+                   out: Echo = print, trust_pickle: bool = False, executor: str = "local",
+                   workers: int | None = None) -> list[Any]:
     from pipeline.predict import collect_images, model_backbone, predict_images, predict_on_ray
 
-    model = load_model(model_path)
+    model = load_model(model_path, trust_pickle=trust_pickle)
     files = collect_images(list(inputs))
     if executor == "ray":
         from pipeline.backbones import config_from_info
@@ -271,11 +273,11 @@ def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None
     return preds
 
 
-def run_merge(paths: Sequence[Path], output: Path, out: Echo = print) -> TrainedModel:
+def run_merge(paths: Sequence[Path], output: Path, out: Echo = print, trust_pickle: bool = False) -> TrainedModel:
     """Merge saved slda / ridge models trained on disjoint data into one."""
     if len(paths) < 2:
         raise OptionError("merge needs at least two models")
-    models = [load_model(p) for p in paths]
+    models = [load_model(p, trust_pickle=trust_pickle) for p in paths]
     first = models[0]
     if not first.head.mergeable:
         mergeable = [n for n, cls in heads().items() if cls.capabilities.mergeable]
@@ -308,3 +310,12 @@ def _refuse_overlap(paths: Sequence[Path], models: list[TrainedModel]) -> None:
                 raise OptionError(f"{seen[store]} and {path} both learnt from {store}: merging would count "
                                   "its rows twice (merge only models of disjoint stores)")
             seen[store] = path
+
+
+def run_migration(source: Path, output: Path, trust_pickle: bool = False, out: Echo = print) -> TrainedModel:
+    """Rewrite a model file (a version-1 pickle included) in the current, data-only format."""
+    model = migrate_model(source, output, trust_pickle=trust_pickle)
+    out(f"wrote {output}: {model.head_name} model, {len(model.classes)} classes, {model.head.rows_seen_} rows seen"
+        + ("; its River estimators are still stored as a pickle (--engine river has no data-only form), "
+           "so loading it needs --trust-pickle" if model.needs_pickle else "; it holds only data"))
+    return model

@@ -10,6 +10,7 @@ same image always lands on the same side), filtered to a subset of classes
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,26 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def check_identity(expected: dict[str, Any], got: dict[str, Any], what: str) -> None:
-    """Raise when two feature sources were made with different backbones, weights or dims."""
+    """Raise when two feature sources were made with different backbones, weights or dims.
+
+    A different compute precision (``float32`` / ``bfloat16`` / ``float16``)
+    only warns: it is the same model up to rounding (mean cosine >= 0.995 to
+    float32 on the shared photos, README "Extraction speed"), so stores made on
+    a GPU in float16 and on a CPU in float32 may be streamed together.
+    """
     for key in IDENTITY_KEYS:
         if key in expected and key in got and not _same(expected[key], got[key]):
             raise StoreError(f"{what} was made with {key}={got[key]!r}, but {expected[key]!r} was expected: "
                              "features from different backbones, weights or settings cannot be mixed")
+    want, have = expected.get("precision") or "float32", got.get("precision") or "float32"
+    if want != have:
+        warnings.warn(f"{what} was computed in {have}, the other features in {want}: mixed, since it is the "
+                      "same backbone up to rounding; extract all stores at one --precision for bitwise-"
+                      "comparable features", stacklevel=3)
+
+
+def _identity(store: Any) -> dict[str, Any]:
+    return {**store.identity, "precision": store.meta.get("precision") or "float32"}
 
 
 @dataclass
@@ -93,11 +109,11 @@ class FeatureStream:
             for store in self.stores:
                 if store.n_rows == 0:
                     raise StoreError(f"{store.path} is empty (0 rows)")
-                check_identity(first.identity, store.identity, str(store.path))
+                check_identity(_identity(first), _identity(store), str(store.path))
         except Exception:
             self.close()
             raise
-        self.identity = first.identity
+        self.identity = _identity(first)
         self.meta = first.meta
         self.feature_dim = first.feature_dim
         self.classes = sorted({c for s in self.stores for c in s.classes})

@@ -1,32 +1,50 @@
-"""Extraction throughput: the backbone alone vs the whole extract-features runner.
+"""Extraction throughput per kernels, backend and precision, each variant in its own process.
 
-For each backbone, in one run on the same images:
-  raw  = images/s of ``Backbone.embed`` on batches already decoded in memory
-  e2e  = images/s of ``extract_features`` reading, decoding, embedding and
-         writing the same images from disk
-and their ratio (target >= 0.9: decoding, resizing and writes hidden behind
-compute), and the merge's share of the end-to-end time (the part
-``--no-merge`` saves). Runs with ImageNet-free weights (``--weights none``) unless a file
-is given: speed does not depend on the weight values.
+The kernels (``TF_ENABLE_ONEDNN_OPTS``) and the Keras backend are fixed when
+TensorFlow / Keras are imported, so every measurement runs in a fresh
+subprocess; variants alternate round by round (baseline, candidate, baseline,
+...) and medians are reported, which keeps a shared machine's load from
+favouring one side. Per backbone and variant:
 
-    python scripts/bench_extract.py [--images 256] [--backbones mobilenetv2,resnet50]
+  raw  = img/s of ``Backbone.embed`` on batches already decoded in memory
+  e2e  = img/s of ``extract_features`` reading, decoding, embedding, writing
+         (with ``--e2e``)
+
+and, once, the decode rate of the input side (PIL decode + resize, img/s per
+thread with 1 and with all threads), so you can tell how many decode threads
+the model needs. Variants:
+
+  tf-default  TensorFlow, TF_ENABLE_ONEDNN_OPTS=0 (TensorFlow's default on AMD / older Intel CPUs)
+  tf          TensorFlow with the pipeline's default kernels (oneDNN on x86)
+  jax         Keras on JAX (``pip install -e '.[jax]'``)
+  torch       Keras on PyTorch, where installed
+
+    python scripts/bench_extract.py --backbones mobilenetv2,resnet50 --backend tf-default,tf,jax \\
+        --precision float32,bfloat16 --images 256 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbones import build_backbone
-from pipeline.extract import extract_features
-from pipeline.images import decode_image, list_images
-
-DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dogs-vs-cats" / "train"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = ROOT / ".." / "shared" / "data" / "dogs-vs-cats" / "train"
+VARIANTS = {
+    "tf-default": {"KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"},
+    "tf": {"KERAS_BACKEND": "tensorflow"},
+    "jax": {"KERAS_BACKEND": "jax"},
+    "torch": {"KERAS_BACKEND": "torch"},
+}
 
 
 def subset_source(src: Path, n: int, folder: Path) -> Path:
@@ -37,56 +55,116 @@ def subset_source(src: Path, n: int, folder: Path) -> Path:
     return folder
 
 
-def bench(name: str, source: Path, batch: int, repeats: int, weights: str = "none", alpha: float | None = None,
-          image_size: int | None = None) -> dict:
-    bb = build_backbone(name, weights, alpha, image_size)
-    listed = list_images(source)
-    files = [source / p for p in listed.paths]
-    images = np.stack([decode_image(f, bb.input_size) for f in files])
-    bb.embed(images[:batch], batch)  # trace the predict function once
-    raw_rates, e2e_rates, merge_shares = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(repeats):
+def decode_rates(source: Path, size: int = 224) -> dict[str, float]:
+    """img/s of decode_image with 1 thread and with every core, per thread."""
+    from pipeline.images import decode_image
+    from pipeline.workers import available_cpus
+
+    files = sorted(source.glob("*.jpg"))
+    out = {}
+    for threads in sorted({1, available_cpus()}):
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda f: decode_image(f, (size, size)), files[:16]))
             t0 = time.perf_counter()
-            for s in range(0, len(images), batch):
-                bb.embed(images[s:s + batch], batch)
-            raw_rates.append(len(images) / (time.perf_counter() - t0))
-            out = Path(tmp) / f"{name}-{r}.h5"
+            list(pool.map(lambda f: decode_image(f, (size, size)), files))
+            rate = len(files) / (time.perf_counter() - t0)
+        out[f"{threads}_threads_images_per_s"] = rate
+        out[f"{threads}_threads_per_thread"] = rate / threads
+    return out
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One measurement in this process; prints one JSON line."""
+    from pipeline.backbones import BackboneConfig, backbone_for
+    from pipeline.extract import extract_features
+    from pipeline.images import decode_image, list_images
+
+    config = BackboneConfig(args.backbone, "none", precision=args.precision)
+    bb = backbone_for(config)
+    listed = list_images(args.source)
+    images = np.stack([decode_image(args.source / p, bb.input_size) for p in listed.paths])
+    batch = args.batch_size
+    bb.embed(images[:batch], batch)  # compile / trace once
+    t0 = time.perf_counter()
+    bb.embed(images, batch)
+    res = {"raw": len(images) / (time.perf_counter() - t0)}
+    if args.e2e:
+        with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            res = extract_features(listed, out, bb, batch_size=batch, progress=False)
-            e2e_rates.append(len(images) / (time.perf_counter() - t0))
-            merge_shares.append(res.timings["merge_s"] / res.elapsed_s)
-    raw, e2e = float(np.median(raw_rates)), float(np.median(e2e_rates))
-    return {"backbone": name, "images": len(images), "batch_size": batch, "raw_images_per_s": raw,
-            "end_to_end_images_per_s": e2e, "ratio": e2e / raw, "device": bb.info["device"],
-            "merge_share": float(np.median(merge_shares)),
-            "raw_runs": raw_rates, "e2e_runs": e2e_rates}
+            extract_features(listed, Path(tmp) / "bench.h5", config, batch_size=batch, progress=False)
+            res["e2e"] = len(images) / (time.perf_counter() - t0)
+    keys = ("backend", "kernels", "onednn_env", "precision", "device")
+    print(json.dumps({**res, **{k: bb.info[k] for k in keys}, "images": len(images)}), flush=True)
+
+
+def spawn(variant: str, backbone: str, precision: str, source: Path, args: argparse.Namespace) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")}
+    env.update({**VARIANTS[variant], "PYTHONPATH": str(ROOT)})
+    cmd = [sys.executable, __file__, "--worker", "--backbone", backbone, "--precision", precision,
+           "--source", str(source), "--batch-size", str(args.batch_size)] + (["--e2e"] if args.e2e else [])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Kaggle-layout folder of photos")
-    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--backbones", default="mobilenetv2,resnet50")
-    parser.add_argument("--weights", default="none", help="none, or a weights file (speed does not depend on it)")
-    parser.add_argument("--alpha", type=float, default=None)
-    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--backend", default="tf-default,tf", help=f"variants, from {', '.join(VARIANTS)}")
+    parser.add_argument("--precision", default="float32", help="float32,bfloat16,float16,auto (comma list)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    parser.add_argument("--e2e", action="store_true", help="also time extract_features end to end")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backbone", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    results = []
+    if args.worker:
+        return worker(args)
     with tempfile.TemporaryDirectory() as tmp:
         source = subset_source(args.source, args.images, Path(tmp))
-        for name in args.backbones.split(","):
-            res = bench(name, source, args.batch_size, args.repeats, args.weights, args.alpha, args.image_size)
-            results.append(res)
-            print(f"{name:>12}: raw {res['raw_images_per_s']:7.1f} img/s, end-to-end "
-                  f"{res['end_to_end_images_per_s']:7.1f} img/s, ratio {res['ratio']:.3f}, "
-                  f"merge {100 * res['merge_share']:.2f}% of the run "
-                  f"({res['images']} images, batch {res['batch_size']}, {res['device']})", flush=True)
+        decode = decode_rates(source)
+        print("decode (PIL, 224x224): " + ", ".join(f"{k} {v:.0f}" for k, v in decode.items()), flush=True)
+        configs = [(v, p) for v in args.backend.split(",") for p in args.precision.split(",")]
+        results = []
+        for backbone in args.backbones.split(","):
+            runs: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+            for _ in range(args.rounds):
+                for config in configs:
+                    runs[config].append(spawn(*config[:1], backbone, config[1], source, args))
+                    print(f"  run {backbone} {config[0]} {config[1]}: {json.dumps(runs[config][-1])}", flush=True)
+            for (variant, precision), got in runs.items():
+                ok = [r for r in got if "error" not in r]
+                row = {"backbone": backbone, "variant": variant, "precision": precision, "runs": got}
+                if ok:
+                    row.update({k: ok[0][k] for k in ("backend", "kernels", "onednn_env", "device")})
+                    for key in ("raw", "e2e"):
+                        if key in ok[0]:
+                            row[key] = float(np.median([r[key] for r in ok]))
+                results.append(row)
+                print(f"{backbone:>12} {variant:>10} {precision:>8}: " + (
+                    f"raw {row['raw']:6.1f} img/s" + (f", e2e {row['e2e']:6.1f} ({row['e2e'] / row['raw']:.2f}x raw)"
+                                                      if "e2e" in row else "")
+                    + f"  [{row['kernels']}, {row['onednn_env']}, {row['device']}]" if ok else got[0]["error"]),
+                    flush=True)
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"decode": decode, "cpu": cpu_name(), "results": results}, indent=1))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

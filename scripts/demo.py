@@ -66,7 +66,7 @@ def main() -> None:
         print(f"{args.shared} not found: downloading the data set and using Keras' ImageNet weights")
         source, weights_opt = str(download_dogs_vs_cats(out / "download", args.per_class)), "imagenet"
 
-    store, model = out / "dogs-vs-cats.h5", out / "logreg.pkl"
+    store, model = out / "dogs-vs-cats.h5", out / "logreg.model"
     run("extract-features", source, "-o", str(store), "--backbone", "mobilenetv2", "--weights", weights_opt)
     run("train-incremental", str(store), "--head", "logreg", "--holdout", "0.3", "--eval-every", "200",
         "--model-out", str(model), "--metrics-out", str(out / "metrics.json"), "--plot", str(out / "curve.png"))

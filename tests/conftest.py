@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pipeline.keras_runtime  # noqa: F401  (before any TensorFlow import: it picks the CPU kernels)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT / ".." / "shared").resolve()
 WEIGHTS_025 = SHARED / "weights" / "mobilenet_0.25_128_imagenet_no_top.weights.h5"

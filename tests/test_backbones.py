@@ -79,10 +79,10 @@ def test_user_model_named_and_default_layer(tmp_path):
 def test_mixed_precision_gives_float32_features_close_to_full_precision():
     x = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
     full = build_backbone("mobilenet", "none", alpha=0.25, image_size=64)
-    half = build_backbone("mobilenet", "none", alpha=0.25, image_size=64, mixed_precision=True)
+    half = build_backbone("mobilenet", "none", alpha=0.25, image_size=64, precision="float16")
     half.model.set_weights(full.model.get_weights())
     a, b = full.embed(x), half.embed(x)
-    assert b.dtype == np.float32 and half.info["mixed_precision"]
+    assert b.dtype == np.float32 and half.info["precision"] == "float16"
     np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)
     import keras
 

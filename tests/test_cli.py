@@ -95,7 +95,7 @@ def test_train_refuses_bad_input(tmp_path):
     assert_clean_error(invoke("train-incremental", good, "--allow-incomplete"), "1 of 100 rows hold NaN")
     (tmp_path / "junk.h5").write_bytes(b"junk" * 100)
     assert_clean_error(invoke("train-incremental", tmp_path / "junk.h5"), "not a readable HDF5")
-    assert_clean_error(invoke("evaluate", tmp_path / "junk.h5", other), "not a readable model file")
+    assert_clean_error(invoke("evaluate", tmp_path / "junk.h5", other), "is not a model file")
 
 
 def test_unseen_test_label_is_reported_and_counted_as_error(tmp_path):

@@ -106,23 +106,6 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     np.testing.assert_allclose(a.predict_proba(X), load_model(tmp_path / "clean.pkl").head.predict_proba(X))
 
 
-def test_model_save_is_atomic(tmp_path, monkeypatch):
-    store = make_blobs_store(tmp_path / "s.h5", 200, 8, ["a", "b"])
-    path = tmp_path / "m.pkl"
-    run_training([store], head="logreg", model_out=path, **quiet)
-    before = path.read_bytes()
-    model = load_model(path)
-    import pickle
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(pickle, "dump", boom)
-    with pytest.raises(OSError):
-        save_model(model, path)
-    assert path.read_bytes() == before
-
-
 def test_numpy_and_river_engines_agree_end_to_end(tmp_path):
     store = make_blobs_store(tmp_path / "s.h5", 800, 24, ["a", "b", "c", "d"])
     for head in ("logreg", "softmax"):

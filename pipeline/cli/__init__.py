@@ -7,12 +7,12 @@ from pipeline.cli.common import friendly_errors, main
 from pipeline.cli.extract import extract_features_cmd
 from pipeline.cli.info import info_cmd
 from pipeline.cli.interop import export_cmd, import_cmd
-from pipeline.cli.models import evaluate_cmd, merge_cmd, predict_cmd
+from pipeline.cli.models import evaluate_cmd, merge_cmd, migrate_model_cmd, predict_cmd
 from pipeline.cli.train import train_incremental_cmd
 
-for _cmd in (extract_features_cmd, train_incremental_cmd, evaluate_cmd, predict_cmd, merge_cmd, info_cmd,
-             export_cmd, import_cmd):
+for _cmd in (extract_features_cmd, train_incremental_cmd, evaluate_cmd, predict_cmd, merge_cmd, migrate_model_cmd,
+             info_cmd, export_cmd, import_cmd):
     main.add_command(_cmd)
 
 __all__ = ["main", "friendly_errors", "extract_features_cmd", "train_incremental_cmd", "evaluate_cmd",
-           "predict_cmd", "merge_cmd", "info_cmd", "export_cmd", "import_cmd"]
+           "predict_cmd", "merge_cmd", "migrate_model_cmd", "info_cmd", "export_cmd", "import_cmd"]

@@ -55,6 +55,14 @@ def main() -> None:
     _show_warnings()
 
 
+TRUST_PICKLE_HELP = ("Also load models stored as Python pickles (version-1 files, --engine river models). "
+                     "Unpickling can run any code the file holds: use only for files you trust.")
+
+
+def trust_pickle_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--trust-pickle", is_flag=True, help=TRUST_PICKLE_HELP)(func)
+
+
 class OptionType(click.ParamType):
     """A click type from a declared :class:`pipeline.heads.registry.Option`: the same rules as the library
     (finite numbers only, in range, ``auto`` where allowed)."""
@@ -94,3 +102,20 @@ def click_option(option: Option, help: str | None = None, default: Any = None, s
     kind: Any = click.Choice(list(option.choices)) if option.choices else OptionType(option)
     return click.option(option.cli_flag, option.name, type=kind, default=default, help=text,
                         show_default=show_default)
+
+
+class WorkersType(click.ParamType):
+    """``auto`` or a positive number of threads."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"expected 'auto' or a number of threads, got {value!r}", param, ctx)
+        if number < 1:
+            self.fail(f"expected at least 1 thread, got {number}", param, ctx)
+        return number

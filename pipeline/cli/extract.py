@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
 
-from pipeline.cli.common import _show_warnings, friendly_errors
+from pipeline.cli.common import WorkersType, _show_warnings, friendly_errors
 
 
 EXTRACT_EPILOG = """\b
@@ -34,7 +35,10 @@ Examples:
               help="Your own Keras model (.keras) as the backbone, loaded in safe mode.")
 @click.option("--layer", default=None, help="With --model: the layer whose output is the feature (default: the one before the last).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--mixed-precision", is_flag=True, help="float16 compute (useful on GPUs).")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Compute precision: auto = float16 on a GPU, bfloat16 on a CPU with bf16 "
+              "instructions where measured faster, else float32. Features are stored as --dtype whatever it is.")
+@click.option("--mixed-precision", is_flag=True, hidden=True, help="Deprecated: --precision float16.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Stored feature type; float16 halves the file.")
 @click.option("--compression", type=click.Choice(["lzf", "gzip"]), default=None, help="HDF5 compression (slower reads).")
@@ -43,8 +47,9 @@ Examples:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: run the partitions on a Ray cluster (RAY_ADDRESS, else a local Ray); OUT must be on a "
                    "filesystem every worker sees.")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="local: decoding threads [2]; ray: model workers (actors) [one per GPU, else one per 2 CPUs].")
+@click.option("--workers", type=WorkersType(), default="auto", show_default=True,
+              help="local: decoding threads, or auto (every core but one with a GPU; enough to feed the model on "
+                   "a CPU). ray: model workers (actors); auto = one per GPU, else one per 2 CPUs.")
 @click.option("--checkpoint-rows", type=click.IntRange(1), default=256, show_default=True,
               help="Rows per resumable shard: an interrupted run redoes at most this many.")
 @click.option("--overwrite", is_flag=True,
@@ -55,8 +60,8 @@ Examples:
 @friendly_errors
 def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, weights: str, alpha: float | None,
                          image_size: int | None, pooling: str, model_path: Path | None, layer: str | None,
-                         batch_size: int, mixed_precision: bool, dtype: str, compression: str | None, seed: int,
-                         no_shuffle: bool, executor: str, workers: int | None, checkpoint_rows: int, overwrite: bool, no_merge: bool,
+                         batch_size: int, precision: str, mixed_precision: bool, dtype: str, compression: str | None, seed: int,
+                         no_shuffle: bool, executor: str, workers: int | str, checkpoint_rows: int, overwrite: bool, no_merge: bool,
                          quiet: bool) -> None:
     """Embed the images of SOURCE with a pre-trained CNN into a chunked HDF5 store.
 
@@ -67,17 +72,30 @@ def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, we
     from pipeline.extract import extract_features
     from pipeline.extraction import make_executor
     from pipeline.images import list_images
+    from pipeline.keras_runtime import device
+    from pipeline.workers import resolve_workers
 
+    if mixed_precision:
+        if precision not in ("auto", "float16"):
+            raise click.UsageError(f"--mixed-precision (deprecated) means --precision float16; it conflicts with "
+                                   f"--precision {precision}")
+        warnings.warn("--mixed-precision is deprecated; use --precision float16 (or auto: float16 on a GPU)",
+                      stacklevel=1)
+        precision = "float16"
+    if executor == "local":
+        workers = resolve_workers(workers, device())
+    else:  # actors: the cluster's shape decides (the driver does not look at its own device)
+        workers = None if workers == "auto" else int(workers)
     listed = list_images(source, layout)
     if model_path is not None:
         config = BackboneConfig(pooling=pooling, model_path=str(model_path), layer=layer)
     else:
-        config = BackboneConfig(backbone, weights, alpha, image_size, pooling, mixed_precision)
+        config = BackboneConfig(backbone, weights, alpha, image_size, pooling, precision)
     if not quiet:
         click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout)", err=True)
     res = extract_features(listed, out, config, seed=seed, shuffle=not no_shuffle, batch_size=batch_size,
-                           dtype=dtype, compression=compression, executor=make_executor(executor, workers), checkpoint_rows=checkpoint_rows,
-                           overwrite=overwrite, merge=not no_merge, progress=not quiet)
+                           dtype=dtype, compression=compression, executor=make_executor(executor, workers),
+                           checkpoint_rows=checkpoint_rows, overwrite=overwrite, merge=not no_merge, progress=not quiet)
     if quiet:
         return
     where = out if res.merged else f"{out}.parts/ (--no-merge)"

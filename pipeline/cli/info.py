@@ -8,26 +8,27 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import friendly_errors
+from pipeline.cli.common import friendly_errors, trust_pickle_option
 
 
 INFO_EPILOG = """\b
 Examples:
   pipeline info data/train.h5                 # rows, classes with counts, skipped files, backbone
-  pipeline info data/train.h5 model.pkl --json
+  pipeline info data/train.h5 model.model --json
   pipeline info data/big.h5.parts             # an extraction still running or interrupted
   pipeline info data/big.h5                   # the same, when only big.h5.parts exists yet
 
 A path that cannot be read prints one error line; the others are still shown, and the exit status is 1.
-Model files are loaded to be described: only pass model files you trust.
+Model files hold only data and load safely; River models (--engine river) need --trust-pickle.
 """
 
 
 @click.command("info", epilog=INFO_EPILOG)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list with one object per path (machine-readable).")
+@trust_pickle_option
 @friendly_errors
-def info_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
+def info_cmd(paths: tuple[Path, ...], as_json: bool, trust_pickle: bool) -> None:
     """Describe feature STORES, partial extractions (OUT.parts folders) and MODEL files.
 
     For a store: rows, feature dimension and dtype, classes with their row counts, unlabelled rows,
@@ -41,7 +42,7 @@ def info_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
     results, failed = [], False
     for path in paths:
         try:
-            info = describe(path)
+            info = describe(path, trust_pickle)
         except PipelineError as exc:
             failed = True
             click.echo(f"Error: {exc}", err=True)

@@ -1,4 +1,4 @@
-"""Commands on saved models: evaluate, predict, merge."""
+"""Commands on saved models: evaluate, predict, merge, migrate-model."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import friendly_errors
+from pipeline.cli.common import friendly_errors, trust_pickle_option
 
 
 EVALUATE_EPILOG = """\b
 Example:
-  pipeline evaluate model.pkl data/val.h5 --metrics-out eval.json
-  pipeline evaluate model.pkl data/dvc.h5 --holdout 0.3   # the held-out split used in training
+  pipeline evaluate model.model data/val.h5 --metrics-out eval.json
+  pipeline evaluate model.model data/dvc.h5 --holdout 0.3   # the held-out split used in training
 """
 
 
@@ -23,19 +23,20 @@ Example:
               help="Evaluate only the held-out split of the stores (same hash split as training).")
 @click.option("--metrics-out", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--allow-incomplete", is_flag=True)
+@trust_pickle_option
 @friendly_errors
 def evaluate_cmd(model: Path, stores: tuple[Path, ...], holdout: float, metrics_out: Path | None,
-                 allow_incomplete: bool) -> None:
-    """Evaluate a saved MODEL on feature STORES (only load model files you trust)."""
+                 allow_incomplete: bool, trust_pickle: bool) -> None:
+    """Evaluate a saved MODEL on feature STORES."""
     from pipeline.runs import run_evaluation
 
-    run_evaluation(model, stores, holdout, metrics_out, allow_incomplete, out=click.echo)
+    run_evaluation(model, stores, holdout, metrics_out, allow_incomplete, out=click.echo, trust_pickle=trust_pickle)
 
 
 PREDICT_EPILOG = """\b
 Examples:
-  pipeline predict model.pkl photos/cat.1.jpg photos/dog.2.jpg
-  pipeline predict model.pkl photos/ --weights ../shared/weights/mobilenetv2_1.0_224_imagenet_no_top.weights.h5 --output preds.csv
+  pipeline predict model.model photos/cat.1.jpg photos/dog.2.jpg
+  pipeline predict model.model photos/ --weights ../shared/weights/mobilenetv2_1.0_224_imagenet_no_top.weights.h5 --output preds.csv
 """
 
 
@@ -51,34 +52,56 @@ Examples:
               help="ray: embed runs of files on a pool of Ray actors (RAY_ADDRESS, else a local Ray); same output.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="local: decoding threads [2]; ray: model workers (actors) [one per GPU, else one per 2 CPUs].")
+@trust_pickle_option
 @friendly_errors
 def predict_cmd(model: Path, inputs: tuple[Path, ...], weights: str | None, keras_model: str | None,
-                batch_size: int, output: Path | None, executor: str, workers: int | None) -> None:
-    """Label raw images (files or folders) with a saved MODEL, end to end.
-
-    Only load model files you trust: they are pickles.
-    """
+                batch_size: int, output: Path | None, executor: str, workers: int | None, trust_pickle: bool) -> None:
+    """Label raw images (files or folders) with a saved MODEL, end to end."""
     from pipeline.runs import run_prediction
 
-    run_prediction(model, inputs, weights, keras_model, batch_size, output, out=click.echo, executor=executor,
-                   workers=workers)
+    run_prediction(model, inputs, weights, keras_model, batch_size, output, out=click.echo, trust_pickle=trust_pickle,
+                   executor=executor, workers=workers)
 
 
 MERGE_EPILOG = """\b
 Example:
-  pipeline merge shard-a.pkl shard-b.pkl -o all.pkl   # slda / ridge models of disjoint stores
+  pipeline merge shard-a.model shard-b.model -o all.model   # slda / ridge models of disjoint stores
 """
 
 
 @click.command("merge", epilog=MERGE_EPILOG)
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@trust_pickle_option
 @friendly_errors
-def merge_cmd(models: tuple[Path, ...], output: Path) -> None:
+def merge_cmd(models: tuple[Path, ...], output: Path, trust_pickle: bool) -> None:
     """Combine MODELS trained on disjoint stores into the model of their union (slda, ridge).
 
-    The result equals one model trained on all the stores. Only load model files you trust.
+    The result equals one model trained on all the stores.
     """
     from pipeline.runs import run_merge
 
-    run_merge(models, output, out=click.echo)
+    run_merge(models, output, out=click.echo, trust_pickle=trust_pickle)
+
+
+MIGRATE_EPILOG = """\b
+Example:
+  pipeline migrate-model old.pkl -o model.model --trust-pickle
+"""
+
+
+@click.command("migrate-model", epilog=MIGRATE_EPILOG)
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@trust_pickle_option
+@friendly_errors
+def migrate_model_cmd(source: Path, output: Path, trust_pickle: bool) -> None:
+    """Rewrite a model file in the current, data-only format.
+
+    Version-1 model files were Python pickles: converting one loads it once, so
+    it needs --trust-pickle and must come from someone you trust. The new file
+    holds only data (arrays and JSON), safe to load from anyone.
+    """
+    from pipeline.runs import run_migration
+
+    run_migration(source, output, trust_pickle=trust_pickle, out=click.echo)

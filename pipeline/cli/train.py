@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from pipeline.cli.common import _show_warnings, click_option, friendly_errors
+from pipeline.cli.common import _show_warnings, click_option, friendly_errors, trust_pickle_option
 from pipeline.heads import heads
 from pipeline.heads.registry import Option
 from pipeline.options import RUN_OPTIONS
@@ -22,12 +22,10 @@ from pipeline.plugins import REPLAY_OPTIONS
 TRAIN_EPILOG = """\b
 Examples:
   train-incremental data/dvc.h5 --head logreg --holdout 0.3 --metrics-out m.json --plot curve.png
-  train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.pkl
-  train-incremental data/new_classes.h5 --resume model.pkl --holdout 0.3
+  train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.model
+  train-incremental data/new_classes.h5 --resume model.model --holdout 0.3
   train-incremental data/train.h5 --head nme --increment 2 --test data/val.h5 --plot matrix.png
   train-incremental data/shard-*.h5 --head slda --holdout 0.2 --executor ray --workers 8
-
-Saved models are pickles: only load (--resume) model files you trust.
 """
 
 
@@ -98,13 +96,15 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Ray tasks running at once [default: one per CPU of the cluster].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
+@trust_pickle_option
 @friendly_errors
 def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: float, test_stores: tuple[Path, ...],
                           eval_every: int, epochs: int | None, shuffle_buffer: int, chunk_rows: int, seed: int,
                           metrics_out: Path | None, plot: Path | None, model_out: Path | None,
                           checkpoint_every: int, resume: Path | None, allow_incomplete: bool,
                           increment: int | None, tasks: str | None, class_order: str | None, no_joint: bool,
-                          replay: bool, executor: str, workers: int | None, quiet: bool, **options: Any) -> None:
+                          replay: bool, executor: str, workers: int | None, quiet: bool, trust_pickle: bool,
+                          **options: Any) -> None:
     """Stream feature STORES chunk by chunk into an incremental classifier.
 
     Evaluates progressively (predict, then learn, every row) and on held-out
@@ -119,5 +119,5 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                  seed=seed, metrics_out=metrics_out, plot=plot, model_out=model_out,
                  checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete, quiet=quiet,
                  increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint, replay=replay,
-                 executor=executor, workers=workers,
+                 executor=executor, workers=workers, trust_pickle=trust_pickle,
                  echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)), out=click.echo)

@@ -76,7 +76,9 @@ def file_order(n: int, seed: int, shuffle: bool) -> np.ndarray:
 def extraction_settings(source: ImageSource, backbone_info: dict[str, Any], *, seed: int, shuffle: bool,
                         batch_size: int, dtype: str) -> dict[str, Any]:
     """Everything that must match for a partial run to be continued."""
-    return {**{k: backbone_info[k] for k in IDENTITY}, "source_root": str(source.root.resolve()),
+    # The compute precision changes features by rounding: a partial run continues only at the same one.
+    precision = {"precision": backbone_info.get("precision", "float32")}
+    return {**{k: backbone_info[k] for k in IDENTITY}, **precision, "source_root": str(source.root.resolve()),
             "layout": source.layout, "seed": seed, "shuffle": shuffle, "batch_size": batch_size, "dtype": dtype,
             "files": len(source.paths), "listing_sha256": listing_digest(source)}
 

@@ -340,10 +340,9 @@ class FastLinearHead(Head):
             from pipeline.heads.river_linear import RiverLinearHead
 
             head: Head = RiverLinearHead(cls.name, **options)
-        else:
-            head = cls(**options)
-        head.capabilities = cls.capabilities
-        return head
+            head.capabilities = cls.capabilities
+            return head
+        return cls(**options)  # capabilities stay on the class: model files keep only state
 
     def settings(self) -> dict[str, Any]:
         m = self.model_
