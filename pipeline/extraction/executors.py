@@ -94,7 +94,7 @@ class RayExecutor:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "RayExecutor":
-        from pipeline import ray_executor
+        import pipeline.ray_executor as ray_executor
 
         with self._stack as stack:
             resources = stack.enter_context(ray_executor.ray_session(self.address, self.num_cpus))
