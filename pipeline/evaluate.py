@@ -58,6 +58,11 @@ class Evaluation:
     def accuracy(self) -> float:
         return self.correct / self.rows if self.rows else float("nan")
 
+    @property
+    def log_loss(self) -> float:
+        """Mean negative log probability of the true label (clipped at 1e-15; unseen labels count as 1e-15)."""
+        return self.log_loss_sum / self.rows if self.rows else float("nan")
+
     def accuracy_on(self, labels: set[Hashable]) -> float:
         total = sum(n for (t, _), n in self.pairs.items() if t in labels)
         good = sum(n for (t, p), n in self.pairs.items() if t in labels and t == p)

@@ -186,6 +186,70 @@ def compiled_forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     return model.predict_on_batch
 
 
+# -- gradients for trainable heads ---------------------------------------------
+# Keras 3 has no backend-neutral autodiff: a loss written with ``keras.ops`` is
+# differentiated by the backend's own tool. These shims are the only backend-
+# specific code a trainable head needs.
+
+def value_and_grad(fn: Callable[..., Any]) -> Callable[..., tuple[Any, list[Any]]]:
+    """``fn(params, *args) -> scalar loss`` to ``(params, *args) -> (loss, grads)``; traceable by :func:`compile_fn`."""
+    name = backend()
+    if name == "jax":
+        import jax
+
+        return jax.value_and_grad(fn)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        def tf_value_and_grad(params: list[Any], *args: Any) -> tuple[Any, list[Any]]:
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                loss = fn(params, *args)
+            return loss, tape.gradient(loss, params)
+
+        return tf_value_and_grad
+    if name == "torch":
+        import torch
+
+        def torch_value_and_grad(params: list[Any], *args: Any) -> tuple[Any, list[Any]]:
+            leaves = [p.detach().requires_grad_(True) for p in params]
+            loss = fn(leaves, *args)
+            return loss.detach(), [g.detach() for g in torch.autograd.grad(loss, leaves)]
+
+        return torch_value_and_grad
+    raise BackboneError(f"no gradient support for the Keras backend {name!r}")
+
+
+def compile_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Compile a function of tensors once per input shape (tf.function, jax.jit; torch runs eagerly)."""
+    name = backend()
+    if name == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, autograph=False)
+    return fn
+
+
+def to_tensor(x: Any) -> Any:
+    """A numpy array (or nested list/dict of them) as backend tensors."""
+    ops = keras().ops
+    if isinstance(x, dict):
+        return {k: to_tensor(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_tensor(v) for v in x]
+    return ops.convert_to_tensor(x)
+
+
+def to_numpy(x: Any) -> Any:
+    if isinstance(x, (list, tuple)):
+        return [to_numpy(v) for v in x]
+    return keras().ops.convert_to_numpy(x)
+
+
 def allow_memory_growth() -> None:
     """Let TensorFlow take GPU memory as it needs it, not all of it up front.
 

@@ -18,6 +18,10 @@ RUN_OPTIONS = {o.name: o for o in (
     Option("seed", int, 0, "seed of every random choice (shuffle, class order, sampling)", low=0, high=2**32 - 1),
     Option("checkpoint_every", int, 0, "save to --model-out every N rows", low=0, high=2**62),
     Option("increment", int, None, "class-incremental: N classes per task, in --class-order", low=1, high=10**6),
+    Option("first_increment", int, None, "class-incremental: N classes in the first task, then --increment per "
+           "task (B50 Inc10: --first-increment 50 --increment 10)", low=1, high=10**6),
+    Option("orders", int, None, "class-incremental: repeat the run over K class orders (order k: the shuffle "
+           "seeded with --seed + k) and report mean and std", low=1, high=1000),
 )}
 
 

@@ -154,7 +154,7 @@ def check_parallel(head_name: str, head: Head, opts: TrainOptions) -> None:
         raise ExecutorError(f"--executor ray trains only heads whose state is a sum over rows (slda, ridge, "
                             f"nme --class-means exact); {head_name} cannot be split across workers: {reason}")
     for flag, value in (("--replay", opts.replay), ("--eval-every", opts.eval_every),
-                        ("--checkpoint-every", opts.checkpoint_every)):
+                        ("--checkpoint-every", opts.checkpoint_every), ("--log-dir", opts.log_dir)):
         if value:
             raise ExecutorError(f"{flag} needs sequential training; drop it or use --executor local")
 

@@ -1,4 +1,5 @@
-"""Figures: the learning curve and the accuracy-matrix heatmap (matplotlib, no display needed)."""
+"""Figures: the learning curve, the accuracy-matrix heatmap and the held-out confusion matrix
+(matplotlib, no display needed)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,47 @@ def plot_accuracy_matrix(metrics: dict[str, Any], path: str | Path) -> None:
         title += f", forgetting {100 * metrics.get('forgetting', 0):.1f} pts"
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def confusion_path(plot: str | Path) -> Path:
+    """Where ``--plot NAME.png`` puts the confusion matrix: ``NAME.confusion.png`` next to it."""
+    plot = Path(plot)
+    return plot.with_name(f"{plot.stem}.confusion{plot.suffix or '.png'}")
+
+
+def plot_confusion(metrics: dict[str, Any], path: str | Path, counts: bool | None = None) -> None:
+    """The held-out confusion matrix, each row normalised to the true class's rows (recall on the
+    diagonal); readable up to about 50 classes (labels rotated, font and figure scaled).
+    ``counts``: write each cell's row count in it (default: up to 20 classes)."""
+    conf = metrics["heldout"]["confusion"]
+    labels, cm = conf["labels"], np.array(conf["matrix"], float)
+    n = len(labels)
+    show_counts = counts if counts is not None else n <= 20
+    totals = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+    side = min(max(5.0, 1.5 + 0.28 * n), 20.0)
+    font = 9 if n <= 15 else 8 if n <= 30 else 7  # a cell is about 20 pt high at 50 classes
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    if show_counts:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=font,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), labels, rotation=90 if n > 8 else 45, ha="center" if n > 8 else "right", fontsize=font)
+    ax.set_yticks(range(n), labels, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    acc = metrics["heldout"].get("accuracy")
+    ax.set_title(f"{metrics.get('head', '')}: held-out confusion (row-normalised"
+                 + ("; counts in cells" if show_counts else "") + ")"
+                 + (f"\naccuracy {100 * acc:.1f}% on {metrics['heldout']['rows']} rows" if acc is not None else ""),
+                 fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class's rows")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

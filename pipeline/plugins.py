@@ -37,6 +37,10 @@ def evaluate_head(head: Head, stream: FeatureStream | None, classes: set | None 
     return ev
 
 
+def _none_if_nan(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
 def next_multiple(rows: int, every: int) -> int:
     return (rows // every + 1) * every if every else 0
 
@@ -74,15 +78,18 @@ class Replay(Plugin):
 
 
 class EvaluationPoints(Plugin):
-    """The learning curve: progressive and held-out accuracy every ``every`` rows and at the end;
-    the final held-out report in ``metrics["heldout"]``."""
+    """The learning curve: progressive and held-out accuracy, held-out log loss and learning speed every
+    ``every`` rows and at the end (plus accuracy per task so far in class-incremental runs); the final
+    held-out report in ``metrics["heldout"]``."""
 
     def __init__(self, test: FeatureStream | None, every: int):
         self.test, self.every = test, every
         self.next = 0
+        self.last = (0, 0.0)  # (rows, learning seconds) at the previous point of this process
 
     def before_training(self, loop: TrainingLoop) -> None:
         self.next = next_multiple(loop.state.rows, self.every)
+        self.last = (loop.state.rows, loop.t_learn)
 
     def next_stop(self, loop: TrainingLoop) -> int:
         return self.next
@@ -96,8 +103,17 @@ class EvaluationPoints(Plugin):
         s = loop.state
         if held is None and self.test is not None:
             held = evaluate_head(loop.head, self.test, loop.seen_classes() if loop.incremental else None)
-        entry = {"rows_seen": s.rows, "progressive_accuracy": ratio(s.progressive_correct, s.progressive_rows),
-                 "heldout_accuracy": held.accuracy if held is not None and held.rows else None}
+        rows, seconds = s.rows - self.last[0], loop.t_learn - self.last[1]
+        self.last = (s.rows, loop.t_learn)
+        entry: dict[str, Any] = {
+            "rows_seen": s.rows, "task": min(s.task, len(loop.tasks) - 1),
+            "progressive_accuracy": ratio(s.progressive_correct, s.progressive_rows),
+            "heldout_accuracy": held.accuracy if held is not None and held.rows else None,
+            "heldout_log_loss": held.log_loss if held is not None and held.rows else None,
+            "rows_per_s": rows / seconds if rows and seconds > 0 else None}
+        if loop.incremental and held is not None and held.rows:
+            entry["task_accuracy"] = [_none_if_nan(held.accuracy_on(set(t))) if j <= entry["task"] else None
+                                      for j, t in enumerate(loop.tasks)]
         s.curve.append(entry)
         loop.log(f"rows {s.rows}: progressive accuracy {fmt(entry['progressive_accuracy'])}"
                  + (f", held-out accuracy {fmt(entry['heldout_accuracy'])}" if held is not None else ""))
@@ -125,8 +141,7 @@ class TaskEvaluation(Plugin):
         ev = evaluate_head(loop.head, self.test, seen)
         row: list[float | None] = [None] * len(loop.tasks)
         for j in range(task + 1):
-            acc = ev.accuracy_on(set(loop.tasks[j]))
-            row[j] = None if math.isnan(acc) else acc
+            row[j] = _none_if_nan(ev.accuracy_on(set(loop.tasks[j])))
         loop.state.matrix.append(row)
         loop.state.incremental_accuracy.append(ev.accuracy)
         loop.log(f"task {task + 1}/{len(loop.tasks)} ({', '.join(loop.tasks[task])}): accuracy on the "

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from pipeline.errors import ModelFileError, OptionError
 from pipeline.heads import head_class, heads, make_head
 from pipeline.heads.registry import readers
@@ -44,6 +46,9 @@ def _split_head_options(head: str, given: dict[str, Any], replay: bool) -> tuple
     caps = head_class(head).capabilities
     if replay and caps.keeps_exemplars:
         raise OptionError(f"--replay: --head {head} keeps its own exemplars; replay would only count them twice")
+    if replay and given.get("method") in ("er", "icarl", "agem"):
+        raise OptionError(f"--replay: --method {given['method']} keeps its own exemplar memory; "
+                          "replay would only count those rows twice")
     if replay and caps.order_free:
         raise OptionError(f"--replay: --head {head} does not forget (its result does not depend on row order), "
                           "so replay would only count rows twice")
@@ -75,17 +80,26 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                  checkpoint_every: int = 0, resume: Path | None = None, allow_incomplete: bool = False,
                  quiet: bool = False, increment: int | None = None, tasks: str | None = None,
                  class_order: str | None = None, no_joint: bool = False, replay: bool = False,
-                 executor: str = "local", workers: int | None = None, trust_pickle: bool = False,
+                 first_increment: int | None = None, orders: int | None = None, order_seed: int | None = None,
+                 log_dir: Path | None = None, executor: str = "local", workers: int | None = None,
+                 trust_pickle: bool = False,
                  echo: Echo = print, out: Echo = print) -> dict[str, Any]:
     """Train (or continue) a head on feature stores; returns the metrics dictionary.
 
     ``head_options`` are the head's own options (see ``pipeline.heads.registry``), plus
     ``memory`` / ``pool_size`` for ``replay``. Everything is validated before anything is written.
+    ``order_seed`` seeds the class order of an ``increment`` run (default: ``seed``); ``orders=K``
+    repeats the run over K class orders (:func:`run_orders`).
     ``trust_pickle`` lets ``resume`` load a model stored as a pickle (River heads, version-1 files).
     """
     nums = check_run_options({"holdout": holdout, "eval_every": eval_every, "epochs": epochs,
                               "shuffle_buffer": shuffle_buffer, "chunk_rows": chunk_rows, "seed": seed,
-                              "checkpoint_every": checkpoint_every, "increment": increment})
+                              "checkpoint_every": checkpoint_every, "increment": increment,
+                              "first_increment": first_increment, "orders": orders})
+    if orders is not None:
+        _check_orders(increment, tasks, class_order, resume, checkpoint_every)
+        args = {k: v for k, v in locals().items() if k not in ("nums", "orders", "order_seed")}  # this call's
+        return run_orders(orders, **args)
     if model_out is None and resume is not None:
         model_out = resume
     incremental = increment is not None or tasks is not None
@@ -132,13 +146,15 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
             return make_head(fitted.head_name, n_features=train_stream.feature_dim, **fitted.head.settings())
 
         order = [c.strip() for c in class_order.split(",")] if class_order is not None else None
-        task_list = make_tasks(train_stream.classes, increment, tasks, order, seed)
+        task_list = make_tasks(train_stream.classes, increment, tasks, order,
+                               seed if order_seed is None else order_seed, first_increment)
         if task_list is not None and test_stream is None:
             raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
         opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every,
                             model_out=model_out, tasks=task_list, joint_reference=not no_joint, replay=replay,
                             replay_memory=replay_opts.get("memory", 2000),
-                            pool_size=replay_opts.get("pool_size", 1000), seed=seed, progress=not quiet)
+                            pool_size=replay_opts.get("pool_size", 1000), seed=seed, progress=not quiet,
+                            log_dir=log_dir)
         if executor == "local":
             metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
         else:  # mergeable heads only: map rows to workers, reduce with the heads' exact merge
@@ -153,15 +169,97 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
         if metrics_out is not None:
             write_json(metrics, metrics_out)
         if plot is not None:
-            from pipeline.plots import plot_accuracy_matrix, plot_learning_curve
+            from pipeline.plots import confusion_path, plot_accuracy_matrix, plot_confusion, plot_learning_curve
 
             (plot_accuracy_matrix if task_list else plot_learning_curve)(metrics, plot)
+            if metrics["heldout"].get("rows"):
+                plot_confusion(metrics, confusion_path(plot))
         out(summary(metrics, model_out))
     finally:
         train_stream.close()
         if test_stream is not None:
             test_stream.close()
     return metrics
+
+
+def _check_orders(increment: int | None, tasks: str | None, class_order: str | None, resume: Path | None,
+                  checkpoint_every: int) -> None:
+    for flag, given in (("--tasks", tasks), ("--class-order", class_order)):
+        if given is not None:
+            raise OptionError(f"--orders repeats the run over seeded class orders; {flag} fixes the order: give one")
+    if increment is None:
+        raise OptionError("--orders repeats a class-incremental run over class orders: give --increment")
+    if resume is not None:
+        raise OptionError("--orders starts every order from scratch: it cannot --resume a model")
+    if checkpoint_every:
+        raise OptionError("--orders cannot --checkpoint-every: an interrupted multi-order run is rerun whole")
+
+
+ORDER_KEYS = ("final_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer", "joint_accuracy")
+
+
+def run_orders(orders: int, *, seed: int = 0, metrics_out: Path | None = None, plot: Path | None = None,
+               model_out: Path | None = None, log_dir: Path | None = None, quiet: bool = False,
+               echo: Echo = print, out: Echo = print, **options: Any) -> dict[str, Any]:
+    """The same class-incremental run over ``orders`` class orders, order k shuffled with ``seed + k``
+    (order 0 is the order of a plain run); everything else (row shuffle, head seed) keeps ``seed``,
+    so the joint reference, which ignores the class order, is trained once and reported for every order.
+
+    Returns ``{"orders": [metrics of each order], "orders_summary": {key: {mean, std, values}}}``
+    (std: numpy's, ddof=0). Only the first order's model is saved to ``model_out``; ``plot`` and
+    ``log_dir`` get one file / folder per order (``NAME.order-K.png``, ``DIR/order-K``).
+    """
+    results: list[dict[str, Any]] = []
+    for k in range(orders):
+        echo(f"order {k + 1}/{orders}: classes shuffled with seed {seed + k}")
+        if k == 1 and "joint_accuracy" in results[0]:
+            options["no_joint"] = True  # the joint reference ignores the class order: the same for every order
+        m = run_training(**options, seed=seed, order_seed=seed + k, quiet=quiet, echo=echo,
+                         out=(lambda s: None) if orders > 1 else out, model_out=model_out if k == 0 else None,
+                         plot=_numbered(plot, k) if plot is not None and orders > 1 else plot,
+                         log_dir=log_dir / f"order-{k + 1}" if log_dir is not None and orders > 1 else log_dir)
+        if k and "joint_accuracy" in results[0]:
+            m["joint_accuracy"] = results[0]["joint_accuracy"]
+            m["joint_minus_final"] = (m["joint_accuracy"] - m["final_accuracy"]
+                                      if m.get("final_accuracy") is not None else None)
+        results.append({"order": k + 1, "order_seed": seed + k, "class_order": [c for t in m["tasks"] for c in t],
+                        **m})
+    summary_ = {key: _mean_std([r.get(key) for r in results]) for key in ORDER_KEYS}
+    metrics = {"head": results[0]["head"], "settings": results[0]["settings"], "seed": seed,
+               "orders": results, "orders_summary": summary_}
+    if metrics_out is not None:
+        write_json(metrics, metrics_out)
+    if orders > 1:
+        out(orders_summary_text(metrics, model_out))
+    return metrics
+
+
+def _numbered(path: Path, k: int) -> Path:
+    return path.with_name(f"{path.stem}.order-{k + 1}{path.suffix}")
+
+
+def _mean_std(values: list[float | None]) -> dict[str, Any]:
+    got = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return {"mean": float(np.mean(got)) if got else None, "std": float(np.std(got)) if got else None,
+            "values": values}
+
+
+def orders_summary_text(metrics: dict[str, Any], model_out: Path | None) -> str:
+    runs, agg = metrics["orders"], metrics["orders_summary"]
+    lines = [f"head {metrics['head']} {json.dumps(metrics['settings'])}",
+             f"{len(runs)} class orders (seeds {runs[0]['order_seed']}..{runs[-1]['order_seed']}), "
+             f"{len(runs[0]['tasks'])} tasks each:"]
+    for r in runs:
+        lines.append(f"  order {r['order']} (seed {r['order_seed']}): final {_pct(r.get('final_accuracy'))}, "
+                     f"average incremental {_pct(r.get('average_incremental_accuracy'))}, "
+                     f"forgetting {_pct(r.get('forgetting'))}"
+                     + (f", joint {_pct(r['joint_accuracy'])}" if r.get("joint_accuracy") is not None else ""))
+    for key in ORDER_KEYS:
+        if agg[key]["mean"] is not None:
+            lines.append(f"{key.replace('_', ' ')}: {_pct(agg[key]['mean'])} +/- {_pct(agg[key]['std'])}")
+    if model_out is not None:
+        lines.append(f"model of order 1 saved to {model_out}")
+    return "\n".join(lines)
 
 
 def _check_resumed_settings(model: TrainedModel, given: dict[str, Any]) -> None:

@@ -41,6 +41,12 @@ ALLOWED_CLASSES: dict[str, tuple[str, ...]] = {
     "pipeline.heads.slda": ("SLDAHead",),
     "pipeline.heads.ridge": ("RidgeHead",),
     "pipeline.heads.class_stats": ("ClassStatistics",),
+    "pipeline.heads.mlp": ("MLPHead",),
+    "pipeline.heads.cl.base": ("Method",),
+    "pipeline.heads.cl.replay": ("ER", "AGEM"),
+    "pipeline.heads.cl.ewc": ("EWC",),
+    "pipeline.heads.cl.lwf": ("LwF",),
+    "pipeline.heads.cl.icarl": ("ICaRL",),
 }
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 ARRAY_KINDS = "biufcUS"  # bool, int, uint, float, complex, unicode, bytes: never objects or records

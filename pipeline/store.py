@@ -240,6 +240,19 @@ class FeatureStore:
         group = self._file["skipped"]
         return [(p.decode(), r.decode()) for p, r in zip(group["paths"][:limit], group["reasons"][:limit])]
 
+    def iter_paths(self, chunk_rows: int = 65536) -> Iterator[str]:
+        """Every row's path, read ``chunk_rows`` at a time (memory bounded by the chunk)."""
+        for begin in range(0, self.n_rows, chunk_rows):
+            yield from self.paths(begin, begin + chunk_rows)
+
+    def iter_skipped_paths(self, chunk_rows: int = 65536) -> Iterator[str]:
+        """The paths of the skipped files, read ``chunk_rows`` at a time."""
+        if "skipped" not in self._file:
+            return
+        dataset = self._file["skipped"]["paths"]
+        for begin in range(0, dataset.shape[0], chunk_rows):
+            yield from (p.decode("utf-8") if isinstance(p, bytes) else p for p in dataset[begin:begin + chunk_rows])
+
     def read(self, start: int, stop: int) -> Chunk:
         stop = min(stop, self.n_rows)
         try:

@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.errors import OptionError, TrainingError
 from pipeline.heads.base import Head
+from pipeline.loggers import RunLogger
 from pipeline.loop import Plugin, RunState, TrainingLoop
 from pipeline.models import TrainedModel, save_model
 from pipeline.plugins import (Checkpoints, EvaluationPoints, HeadHooks, JointReference, Replay, TaskEvaluation,
@@ -41,6 +42,7 @@ class TrainOptions:
     pool_size: int = 1000
     seed: int = 0
     progress: bool = True
+    log_dir: Path | None = None        # CSV + TensorBoard logs of every evaluation point (pipeline.loggers)
     plugins: tuple[Plugin, ...] = ()   # extra plug-ins, after the head's own
 
 
@@ -120,16 +122,38 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
         plugins.append(TaskEvaluation(test_stream))
         if opts.joint_reference and make_fresh_head is not None:
             plugins.append(JointReference(make_fresh_head, test_stream))
+    logger = RunLogger(opts.log_dir) if opts.log_dir is not None else None
+    if logger is not None:  # after the evaluation plug-ins: it writes the points they make
+        plugins.append(logger)
     # looked up at call time, so tests can stand in for save_model
     plugins.append(Checkpoints(opts.model_out, opts.checkpoint_every, lambda m, p: checked_save(m, p)))
     loop = TrainingLoop(model, train_stream, state, tasks=opts.tasks, epochs=opts.epochs, plugins=plugins,
                         progress=opts.progress, log=log)
-    return loop.run()
+    try:
+        return loop.run()
+    finally:
+        if logger is not None:
+            logger.close()
 
 
 def make_tasks(classes: list[str], increment: int | None = None, spec: str | None = None,
-               order: list[str] | None = None, seed: int = 0) -> list[list[str]] | None:
-    """Split classes into tasks: ``spec`` ("a,b;c,d"), or ``increment`` classes per task in ``order``."""
+               order: list[str] | None = None, seed: int = 0,
+               first_increment: int | None = None) -> list[list[str]] | None:
+    """Split classes into tasks: ``spec`` ("a,b;c,d"), or ``increment`` classes per task in ``order``
+    (a seeded shuffle by default), the first task holding ``first_increment`` classes when given
+    (the "B50 Inc10" protocol: 50 classes, then 10 per task).
+
+    >>> make_tasks(list("abcdefg"), increment=2, order=list("abcdefg"), first_increment=3)
+    [['a', 'b', 'c'], ['d', 'e'], ['f', 'g']]
+    """
+    if first_increment is not None:
+        if increment is None:
+            raise OptionError("--first-increment sets the size of the first task of an --increment run: "
+                              "give --increment too (the classes per later task)"
+                              + ("; --tasks already spells out every task" if spec is not None else ""))
+        if not 1 <= first_increment < len(classes):
+            raise OptionError(f"--first-increment {first_increment} must leave classes for later tasks: "
+                              f"expected 1 to {len(classes) - 1} (the stores hold {len(classes)} classes)")
     if spec is not None and increment is not None:
         raise OptionError("--tasks and --increment both say how to split the classes: give one")
     if order is not None and increment is None:
@@ -156,7 +180,9 @@ def make_tasks(classes: list[str], increment: int | None = None, spec: str | Non
             raise OptionError(f"--class-order must list every class once; unknown: {unknown}, missing: {missing}")
     else:
         order = list(np.random.default_rng(seed).permutation(sorted(classes)))
-    return [list(map(str, order[i:i + increment])) for i in range(0, len(order), increment)]
+    first = first_increment or increment
+    order = [str(c) for c in order]
+    return [order[:first]] + [order[i:i + increment] for i in range(first, len(order), increment)]
 
 
 def _no_duplicates(names: list[str], option: str) -> None:

@@ -26,7 +26,7 @@ def test_unknown_head_engine_and_options_are_named():
         make_head("logreg", engine="torch")
     with pytest.raises(HeadError, match="does not take an option called 'lrr'"):
         make_head("logreg", lrr=0.1)
-    with pytest.raises(HeadError, match=r"--head nme does not take --lr \(only logreg, softmax read it\)"):
+    with pytest.raises(HeadError, match=r"--head nme does not take --lr \(only logreg, softmax, mlp read it\)"):
         make_head("nme", lr=0.1)
     with pytest.raises(HeadError, match="--head slda does not take --engine"):
         make_head("slda", engine="numpy")

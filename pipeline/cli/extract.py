@@ -16,6 +16,8 @@ Examples:
   extract-features ../shared/data/dogs-vs-cats/train -o data/dvc.h5 --backbone mobilenet \\
       --alpha 0.25 --image-size 128 --weights ../shared/weights/mobilenet_0.25_128_imagenet_no_top.weights.h5
   extract-features photos/ -o mine.h5 --model my_model.keras --layer global_average_pooling2d
+  extract-features 'shards/train-{000..099}.tar' -o train.h5     # WebDataset shards
+  extract-features photos/ -o new.h5 --exclude month1.h5 --exclude month2.h5   # only what is new
 """
 
 
@@ -23,8 +25,13 @@ Examples:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="The HDF5 feature store to write.")
-@click.option("--layout", type=click.Choice(["auto", "folder", "kaggle", "csv"]), default="auto", show_default=True,
-              help="folder: ROOT/<class>/*.jpg; kaggle: ROOT/cat.1.jpg; csv: a path,label manifest.")
+@click.option("--layout", type=click.Choice(["auto", "folder", "kaggle", "csv", "webdataset"]), default="auto",
+              show_default=True, help="folder: ROOT/<class>/*.jpg; kaggle: ROOT/cat.1.jpg; csv: a path,label manifest; "
+              "webdataset: .tar shards (a .tar, a folder of them, or a brace pattern such as 'shards-{000..099}.tar').")
+@click.option("--label-key", default=None, metavar="EXT",
+              help="WebDataset: the member extension holding the label (default: cls, else txt).")
+@click.option("--exclude", "exclude", multiple=True, type=click.Path(path_type=Path, dir_okay=False), metavar="STORE",
+              help="Skip the files already in STORE (its rows and skipped files; same source root). Repeatable.")
 @click.option("--backbone", default="resnet50", show_default=True, help="A keras.applications backbone (see --list-backbones).")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local .weights.h5 file.")
 @click.option("--alpha", type=float, default=None, help="Width multiplier (MobileNet families).")
@@ -58,7 +65,8 @@ Examples:
               help="Leave OUT.parts/ (shards + manifest) as the store instead of merging it into OUT.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @friendly_errors
-def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, weights: str, alpha: float | None,
+def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | None, exclude: tuple[Path, ...],
+                         backbone: str, weights: str, alpha: float | None,
                          image_size: int | None, pooling: str, model_path: Path | None, layer: str | None,
                          batch_size: int, precision: str, mixed_precision: bool, dtype: str, compression: str | None, seed: int,
                          no_shuffle: bool, executor: str, workers: int | str, checkpoint_rows: int, overwrite: bool, no_merge: bool,
@@ -86,13 +94,24 @@ def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, we
         workers = resolve_workers(workers, device())
     else:  # actors: the cluster's shape decides (the driver does not look at its own device)
         workers = None if workers == "auto" else int(workers)
-    listed = list_images(source, layout)
+    listed = list_images(source, layout, label_key=label_key)
+    excluded = 0
+    if exclude:
+        from pipeline.exclude import exclude_stored
+
+        kept = exclude_stored(listed, exclude)
+        listed, excluded = kept.source, kept.excluded
+        if not listed.paths:
+            click.echo(f"nothing to extract: all {excluded} files are already in the excluded stores")
+            return
+    done_before = f"; {excluded} files already in the excluded stores were left out" if exclude else ""
     if model_path is not None:
         config = BackboneConfig(pooling=pooling, model_path=str(model_path), layer=layer)
     else:
         config = BackboneConfig(backbone, weights, alpha, image_size, pooling, precision)
     if not quiet:
-        click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout)", err=True)
+        click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout{done_before})",
+                   err=True)
     res = extract_features(listed, out, config, seed=seed, shuffle=not no_shuffle, batch_size=batch_size,
                            dtype=dtype, compression=compression, executor=make_executor(executor, workers),
                            checkpoint_rows=checkpoint_rows, overwrite=overwrite, merge=not no_merge, progress=not quiet)
@@ -100,11 +119,11 @@ def extract_features_cmd(source: Path, out: Path, layout: str, backbone: str, we
         return
     where = out if res.merged else f"{out}.parts/ (--no-merge)"
     if res.already_complete:
-        click.echo(f"{where} is already complete ({res.rows} rows, {res.skipped} skipped); "
+        click.echo(f"{where} is already complete ({res.rows} rows, {res.skipped} skipped{done_before}); "
                    "pass --overwrite to redo it")
         return
     bb = res.backbone
     resumed = f", resumed with {res.resumed_at} files already done" if res.resumed_at else ""
     click.echo(f"wrote {res.rows} rows of {bb['backbone']} {bb['feature_dim']}-d features ({bb['device']}) to "
-               f"{where} ({res.skipped} files skipped{resumed}) in {res.elapsed_s:.1f} s, "
+               f"{where} ({res.skipped} files skipped{resumed}{done_before}) in {res.elapsed_s:.1f} s, "
                f"{res.images_per_s:.1f} images/s" + (f" [{res.executor}]" if res.executor != "local" else ""))

@@ -25,6 +25,9 @@ Examples:
   train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.model
   train-incremental data/new_classes.h5 --resume model.model --holdout 0.3
   train-incremental data/train.h5 --head nme --increment 2 --test data/val.h5 --plot matrix.png
+  train-incremental data/train.h5 --holdout 0.3 --eval-every 1000 --log-dir runs/logreg
+  train-incremental data/c100.h5 --test data/c100-val.h5 --head nme --first-increment 50 --increment 10
+  train-incremental data/train.h5 --test data/val.h5 --head slda --increment 2 --orders 3 --metrics-out m.json
   train-incremental data/shard-*.h5 --head slda --holdout 0.2 --executor ray --workers 8
 """
 
@@ -78,7 +81,12 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
 @_run("seed")
 @click.option("--metrics-out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write all metrics as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="PNG: learning curve, or the accuracy-matrix heatmap for class-incremental runs.")
+              help="PNG: learning curve, or the accuracy-matrix heatmap for class-incremental runs; the held-out "
+                   "confusion matrix goes next to it as NAME.confusion.png.")
+@click.option("--log-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Log every evaluation point to DIR/points.csv and TensorBoard event files in DIR "
+                   "(tensorboard --logdir DIR); event files need tensorboardX: "
+                   "pip install 'incremental-pipeline[logging]'.")
 @click.option("--model-out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Save the trained model here (atomically).")
 @_run("checkpoint_every")
@@ -86,10 +94,12 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
               help="Continue training a saved model (an interrupted run continues where it stopped).")
 @click.option("--allow-incomplete", is_flag=True, help="Accept stores whose extraction did not finish.")
 @_run("increment")
+@_run("first_increment")
 @click.option("--tasks", default=None, help='Class-incremental tasks spelled out: "cat,dog;fox;owl,bat".')
 @click.option("--class-order", default=None, help="Comma-separated class order for --increment [default: seeded shuffle].")
 @click.option("--no-joint", is_flag=True, help="Skip the joint reference (same head trained on all classes at once).")
 @click.option("--replay", is_flag=True, help="Mix exemplars of earlier classes into the stream (experience replay).")
+@_run("orders")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: learn stores / row ranges in parallel on a Ray cluster (RAY_ADDRESS, else a local Ray) "
                    "and merge exactly; slda, ridge and nme --class-means exact only.")
@@ -100,11 +110,11 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
 @friendly_errors
 def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: float, test_stores: tuple[Path, ...],
                           eval_every: int, epochs: int | None, shuffle_buffer: int, chunk_rows: int, seed: int,
-                          metrics_out: Path | None, plot: Path | None, model_out: Path | None,
+                          metrics_out: Path | None, plot: Path | None, log_dir: Path | None, model_out: Path | None,
                           checkpoint_every: int, resume: Path | None, allow_incomplete: bool,
-                          increment: int | None, tasks: str | None, class_order: str | None, no_joint: bool,
-                          replay: bool, executor: str, workers: int | None, quiet: bool, trust_pickle: bool,
-                          **options: Any) -> None:
+                          increment: int | None, first_increment: int | None, tasks: str | None,
+                          class_order: str | None, no_joint: bool, replay: bool, orders: int | None, executor: str,
+                          workers: int | None, quiet: bool, trust_pickle: bool, **options: Any) -> None:
     """Stream feature STORES chunk by chunk into an incremental classifier.
 
     Evaluates progressively (predict, then learn, every row) and on held-out
@@ -119,5 +129,6 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                  seed=seed, metrics_out=metrics_out, plot=plot, model_out=model_out,
                  checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete, quiet=quiet,
                  increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint, replay=replay,
+                 first_increment=first_increment, orders=orders, log_dir=log_dir,
                  executor=executor, workers=workers, trust_pickle=trust_pickle,
                  echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)), out=click.echo)

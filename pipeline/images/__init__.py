@@ -21,24 +21,28 @@ from pipeline.images.decode import (ALPHA_BACKGROUND, DECODE_VERSION, DEFAULT_MA
 from pipeline.images.listing import (IMAGE_EXTENSIONS, ImageSource, kaggle_label, list_folder, list_kaggle,
                                      listing_digest, scan_folder)
 from pipeline.images.manifest import list_manifest
+from pipeline.images.webdataset import TarSource, is_brace_pattern, list_webdataset, looks_like_webdataset
 from pipeline.images.paths import ImageSkipped, clean_text, file_problem, open_regular, path_from_record, record_path
 
-LAYOUTS = ("auto", "folder", "kaggle", "csv")
+LAYOUTS = ("auto", "folder", "kaggle", "csv", "webdataset")
 
 __all__ = [
     "ALPHA_BACKGROUND", "DECODE_VERSION", "DEFAULT_MAX_PIXELS", "FORMATS", "IMAGE_EXTENSIONS", "LAYOUTS",
-    "ImageSkipped", "ImageSource", "clean_text", "decode_image", "detect_layout", "file_problem", "kaggle_label",
-    "list_images", "listing_digest", "open_regular", "path_from_record", "record_path", "scan_folder", "to_rgb",
+    "ImageSkipped", "ImageSource", "TarSource", "clean_text", "decode_image", "detect_layout", "file_problem", "kaggle_label",
+    "list_images", "list_webdataset", "listing_digest", "open_regular", "path_from_record", "record_path", "scan_folder", "to_rgb",
     "try_decode",
 ]
 
 
 def detect_layout(source: Path) -> str:
-    """Guess the layout of ``source``: ``csv``, ``folder`` or ``kaggle``."""
+    """Guess the layout of ``source``: ``csv``, ``folder``, ``kaggle`` or ``webdataset``."""
+    if looks_like_webdataset(source):
+        return "webdataset"
     if source.is_file():
         if source.suffix.lower() == ".csv":
             return "csv"
-        raise SourceError(f"{source} is a file but not a CSV manifest (expected a directory or a .csv file)")
+        raise SourceError(f"{source} is a file but not a CSV manifest or a .tar shard (expected a directory, "
+                          "a .csv file or WebDataset .tar shards)")
     entries = [e for e in source.iterdir() if not e.name.startswith(".")]
     subdirs = [d for d in entries if d.is_dir()]
     top_images = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
@@ -51,13 +55,19 @@ def detect_layout(source: Path) -> str:
         return "csv"
     raise SourceError(
         f"cannot tell the layout of {source}: expected class folders (ROOT/<class>/*.jpg), "
-        "Kaggle-style files (ROOT/cat.1.jpg) or one CSV manifest; pass --layout"
+        "Kaggle-style files (ROOT/cat.1.jpg), one CSV manifest or .tar shards; pass --layout"
     )
 
 
-def _list(source: Path, layout: str, root: Path | None, encoding: str | None) -> ImageSource:
+def _list(source: Path, layout: str, root: Path | None, encoding: str | None, label_key: str | None) -> ImageSource:
     if layout == "auto":
         layout = detect_layout(source)
+    if label_key is not None and layout != "webdataset":
+        raise SourceError(f"a label key is only for WebDataset shards, not the {layout} layout")
+    if layout == "webdataset":
+        if root is not None:
+            raise SourceError("a separate root is only for CSV manifests")
+        return list_webdataset(source, label_key)
     if layout == "csv":
         if source.is_dir():
             csvs = sorted(source.glob("*.csv"))
@@ -73,25 +83,32 @@ def _list(source: Path, layout: str, root: Path | None, encoding: str | None) ->
 
 
 def list_images(source: str | Path, layout: str = "auto", *, root: str | Path | None = None,
-                encoding: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSource:
-    """List the images of ``source`` (a directory, or a CSV manifest) in sorted order.
+                encoding: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                label_key: str | None = None) -> ImageSource:
+    """List the images of ``source`` (a directory, a CSV manifest, WebDataset shards) in sorted order.
 
     ``root``: the folder a manifest's paths are relative to (default: the
     manifest's own). ``encoding``: the manifest's, if detection is not
     enough. ``max_pixels``: images larger than this are skipped.
+    ``label_key``: the member extension holding WebDataset labels (default
+    ``cls``, else ``txt``). A brace pattern (``shards-{000..099}.tar``) is
+    WebDataset shards.
     """
-    source = Path(source)
     if layout not in LAYOUTS:
         raise SourceError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if max_pixels < 1:
         raise SourceError(f"max_pixels must be at least 1, got {max_pixels}")
-    problem = file_problem(source)
+    pattern = is_brace_pattern(str(source)) and not Path(source).exists()
+    if pattern and layout in ("auto", "webdataset"):
+        layout = "webdataset"
+    source = Path(source)
+    problem = None if pattern and layout == "webdataset" else file_problem(source)
     if problem == "file not found":
         raise SourceError(f"image source {source} does not exist")
     if problem is not None and problem != "not a regular file: a folder":
         raise SourceError(f"image source {source} cannot be used: {problem}")
     try:
-        listed = _list(source, layout, None if root is None else Path(root), encoding)
+        listed = _list(source, layout, None if root is None else Path(root), encoding, label_key)
     except OSError as exc:
         raise SourceError(f"cannot list {source}: {clean_text(str(exc))}") from None
     if not listed.paths:

@@ -23,7 +23,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -131,34 +131,39 @@ def decode_image(path: str | Path, size: tuple[int, int], *, max_pixels: int = D
     ``draft``). Raises :class:`ImageSkipped` (the reason) for files that are
     not decoded by rule, other exceptions for broken files.
     """
+    with open_regular(path) as fh:
+        return decode_stream(fh, size, max_pixels=max_pixels)
+
+
+def decode_stream(fh: BinaryIO, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """:func:`decode_image` for an open, seekable binary stream (a tar member, bytes in memory)."""
     height, width = size
     _quiet_pillow_bomb_warning()
-    with open_regular(path) as fh:
-        try:
-            img = Image.open(fh, formats=FORMATS)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageSkipped(f"too many pixels (Pillow's decompression-bomb limit): {exc}") from None
-        except UnidentifiedImageError:
-            raise ImageSkipped(f"not an image in a supported format ({', '.join(FORMATS)})") from None
-        with img:
-            side = max(height, width)
-            img.draft("RGB", (side, side))
-            w, h = img.size
-            if w * h == 0:
-                raise ImageSkipped(f"empty image ({w} x {h} pixels)")
-            if w * h > max_pixels:
-                raise ImageSkipped(f"{w} x {h} = {w * h:,} pixels exceeds the decode limit of {max_pixels:,}")
-            with _BUDGET.hold(w * h, max_pixels):
-                img.seek(0)
-                img.load()
-                shown = to_rgb(ImageOps.exif_transpose(img))
-                return np.asarray(shown.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
-def try_decode(path: str | Path, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | str:
-    """:func:`decode_image`, or the reason (one line, valid UTF-8) the file is skipped; never raises for a bad file."""
     try:
-        return decode_image(path, size, max_pixels=max_pixels)
+        img = Image.open(fh, formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageSkipped(f"too many pixels (Pillow's decompression-bomb limit): {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageSkipped(f"not an image in a supported format ({', '.join(FORMATS)})") from None
+    with img:
+        side = max(height, width)
+        img.draft("RGB", (side, side))
+        w, h = img.size
+        if w * h == 0:
+            raise ImageSkipped(f"empty image ({w} x {h} pixels)")
+        if w * h > max_pixels:
+            raise ImageSkipped(f"{w} x {h} = {w * h:,} pixels exceeds the decode limit of {max_pixels:,}")
+        with _BUDGET.hold(w * h, max_pixels):
+            img.seek(0)
+            img.load()
+            shown = to_rgb(ImageOps.exif_transpose(img))
+            return np.asarray(shown.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def skip_reason(decode: Callable[[], np.ndarray]) -> np.ndarray | str:
+    """``decode()``, or the reason (one line, valid UTF-8) it failed; never raises for a bad image."""
+    try:
+        return decode()
     except ImageSkipped as exc:
         return clean_text(str(exc))
     except MemoryError:
@@ -168,3 +173,8 @@ def try_decode(path: str | Path, size: tuple[int, int], *, max_pixels: int = DEF
         return clean_text(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
     except Exception as exc:  # any undecodable file is skipped with its reason
         return clean_text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def try_decode(path: str | Path, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | str:
+    """:func:`decode_image`, or the reason (one line, valid UTF-8) the file is skipped; never raises for a bad file."""
+    return skip_reason(lambda: decode_image(path, size, max_pixels=max_pixels))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -56,6 +57,18 @@ class ImageSource:
         problem = self.problems.get(i)
         return problem if problem is not None else try_decode(self.file(i), size, max_pixels=self.max_pixels)
 
+    def subset(self, keep: Sequence[int]) -> "ImageSource":
+        """The entries at positions ``keep`` (in that order), with their problems; classes recomputed."""
+        kept = [self.labels[i] for i in keep]
+        present = set(kept)
+        moved = {new: self.problems[old] for new, old in enumerate(keep) if old in self.problems}
+        return replace(self, paths=[self.paths[i] for i in keep], labels=kept, problems=moved,
+                       classes=[c for c in self.classes if c in present], warnings=list(self.warnings))
+
+    def digest_lines(self) -> list[str]:
+        """Extra lines :func:`listing_digest` covers (a subclass adds what else must not change)."""
+        return []
+
 
 def listing_digest(source: ImageSource) -> str:
     """SHA-256 (hex) of what a resumed extraction must find unchanged.
@@ -65,6 +78,9 @@ def listing_digest(source: ImageSource) -> str:
     """
     head = f"decode {DECODE_VERSION} max_pixels {source.max_pixels}\n"
     text = head + "\n".join(f"{record_path(p)}\t{record_path(lab or '')}" for p, lab in zip(source.paths, source.labels))
+    extra = source.digest_lines()
+    if extra:
+        text += "\n" + "\n".join(extra)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 

@@ -1,0 +1,70 @@
+"""The MLP head's network as plain functions of a parameter list.
+
+``params = [W1, b1, ..., Wk, bk, W_out, b_out]``: ReLU hidden layers, then a
+linear output whose softmax gives the class probabilities. The same
+functions run on numpy arrays (prediction, Fisher, herding: no Keras needed)
+and on backend tensors inside a compiled train step (``ops = keras.ops``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def forward(params: Sequence[Any], X: Any, relu: Any = None) -> tuple[Any, Any]:
+    """``(embedding, logits)``: the last hidden layer's output (the input when there is none) and the logits."""
+    relu = relu or (lambda a: np.maximum(a, 0.0))
+    h = X
+    for i in range(0, len(params) - 2, 2):
+        h = relu(h @ params[i] + params[i + 1])
+    return h, h @ params[-2] + params[-1]
+
+
+def init_params(n_in: int, hidden: Sequence[int], n_out: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Glorot-uniform hidden layers (Keras' Dense default), zero output layer, zero biases."""
+    params: list[np.ndarray] = []
+    fan_in = n_in
+    for width in hidden:
+        limit = np.sqrt(6.0 / (fan_in + width))
+        params += [rng.uniform(-limit, limit, (fan_in, width)).astype(np.float32), np.zeros(width, np.float32)]
+        fan_in = width
+    return params + [np.zeros((fan_in, n_out), np.float32), np.zeros(n_out, np.float32)]
+
+
+def grow_output(params: list[np.ndarray], n_out: int) -> list[np.ndarray]:
+    """Add zero output columns up to ``n_out``: old logits are unchanged, a new class starts at logit 0."""
+    W, b = params[-2], params[-1]
+    extra = n_out - W.shape[1]
+    if extra <= 0:
+        return params
+    return [*params[:-2], np.hstack([W, np.zeros((W.shape[0], extra), W.dtype)]), np.concatenate([b, np.zeros(extra, b.dtype)])]
+
+
+def pad_like(arrays: list[np.ndarray], params: list[np.ndarray]) -> list[np.ndarray]:
+    """Zero-pad per-parameter arrays (Fisher, anchors, Adam moments) to the grown parameter shapes."""
+    out = []
+    for a, p in zip(arrays, params):
+        pad = [(0, t - s) for s, t in zip(a.shape, p.shape)]
+        out.append(np.pad(a, pad) if any(hi for _, hi in pad) else a)
+    return out
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# -- losses on backend tensors (``ops`` = keras.ops) -----------------------------
+
+def cross_entropy(ops: Any, logits: Any, y: Any, w: Any) -> Any:
+    """Weighted mean softmax cross-entropy; rows with weight 0 (padding) count for nothing."""
+    logp = ops.log_softmax(logits, axis=-1)
+    ce = -ops.sum(ops.one_hot(y, logits.shape[-1]) * logp, axis=-1)
+    return ops.sum(w * ce) / ops.maximum(ops.sum(w), 1.0)
+
+
+def weighted_mean(ops: Any, per_row: Any, w: Any) -> Any:
+    return ops.sum(w * per_row) / ops.maximum(ops.sum(w), 1.0)

@@ -1,0 +1,91 @@
+"""Methods that keep an exemplar memory: experience replay (ER) and A-GEM.
+
+While a task streams its rows fill per-class reservoirs (:class:`ClassPools`);
+after the task herding picks each new class's exemplars, at most
+``memory // classes`` per class with older sets cut to the same share
+(:class:`ExemplarMemory`, as iCaRL). Rows are kept raw and standardised
+when drawn, so they follow the head's scaler.
+
+- ER (Chaudhry et al. 2019, "On tiny episodic memories"): every mini-batch of
+  new rows is trained together with as many rows drawn from the memory.
+- A-GEM (Chaudhry et al. 2019, "Efficient lifelong learning with A-GEM"):
+  a reference gradient on a memory batch; when the new batch's gradient ``g``
+  points against it (``g . g_ref < 0``) the update is projected,
+  ``g - (g . g_ref) / (g_ref . g_ref) g_ref``, so it does not increase the
+  memory loss to first order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from pipeline.heads.cl.base import Method
+from pipeline.heads.cl.net import cross_entropy, forward
+from pipeline.heads.exemplars import ClassPools, ExemplarMemory
+
+
+class MemoryMethod(Method):
+    uses_memory = True
+
+    def __init__(self, memory: int = 2000, pool_size: int = 1000, seed: int = 0):
+        self.memory, self.pool_size, self.seed = memory, pool_size, seed
+        self.memory_ = ExemplarMemory(memory)
+        self.pools_ = ClassPools(pool_size, seed)
+
+    def options(self) -> dict[str, Any]:
+        return {"memory": self.memory, "pool_size": self.pool_size}
+
+    def observe(self, head: Any, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        self.pools_.add(X, y, paths)
+
+    def after_task(self, head: Any) -> None:
+        if len(self.pools_):
+            self.memory_.update(self.pools_.take())
+
+    def memory_batch(self, head: Any, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.memory_.size:
+            return None
+        X, labels = self.memory_.sample(n, rng)
+        return head.standardise(X), head.class_index(labels)
+
+    def exemplar_paths(self) -> dict[Hashable, list[str]]:
+        return {c: list(s.paths) for c, s in self.memory_.sets.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {"memory_budget": self.memory, "exemplars_stored": self.memory_.size}
+
+
+class ER(MemoryMethod):
+    """Replay: the base loss already trains on the memory rows carried in the batch."""
+
+    name = "er"
+
+
+def project(ops: Any, grads: list[Any], ref: list[Any]) -> list[Any]:
+    """A-GEM's projection: remove the component of ``grads`` against ``ref`` when their dot product is negative."""
+    dot = sum(ops.sum(g * r) for g, r in zip(grads, ref))
+    ref_sq = sum(ops.sum(r * r) for r in ref)
+    coef = ops.minimum(dot, 0.0) / ops.maximum(ref_sq, 1e-12)
+    return [g - coef * r for g, r in zip(grads, ref)]
+
+
+class AGEM(MemoryMethod):
+    name = "agem"
+
+    def loss(self, ops: Any, params: list[Any], batch: dict[str, Any], consts: dict[str, Any]) -> Any:
+        _, logits = forward(params, batch["x"], ops.relu)
+        return cross_entropy(ops, logits, batch["y"], batch["w"])
+
+    def _memory_loss(self, ops: Any, params: list[Any], batch: dict[str, Any], consts: dict[str, Any]) -> Any:
+        _, logits = forward(params, batch["xr"], ops.relu)
+        return cross_entropy(ops, logits, batch["yr"], ops.ones_like(batch["yr"], dtype="float32"))
+
+    def loss_and_grads(self, ops: Any, value_and_grad: Any, params: list[Any], batch: dict[str, Any],
+                       consts: dict[str, Any]) -> tuple[Any, list[Any]]:
+        loss, grads = value_and_grad(lambda p, b, c: self.loss(ops, p, b, c))(params, batch, consts)
+        if "xr" not in batch:
+            return loss, grads
+        _, ref = value_and_grad(lambda p, b, c: self._memory_loss(ops, p, b, c))(params, batch, consts)
+        return loss, project(ops, grads, ref)

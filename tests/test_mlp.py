@@ -1,0 +1,241 @@
+"""The MLP head and its continual-learning methods: each mechanism, on small synthetic data."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import zlib
+
+import numpy as np
+import pytest
+
+from pipeline import keras_runtime as runtime
+from pipeline.errors import HeadError
+from pipeline.heads.cl.ewc import ewc_penalty, fisher_diagonal
+from pipeline.heads.cl.net import cross_entropy, forward, softmax
+from pipeline.heads.cl.replay import project
+from pipeline.heads.exemplars import herding_order, l2_normalise
+from pipeline.heads.mlp import MLPHead
+
+DIM = 6
+
+
+def blobs(classes: list[str], n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = {c: np.random.default_rng(zlib.crc32(c.encode())).normal(0, 2, DIM) for c in classes}
+    y = np.array([classes[i % len(classes)] for i in range(n)], dtype=object)
+    X = np.stack([centers[c] for c in y]) + rng.normal(0, 1, (n, DIM))
+    return X.astype(np.float32), y
+
+
+def fitted(method: str = "finetune", hidden: int = 8, tasks: int = 1, **options) -> MLPHead:
+    head = MLPHead(hidden=hidden, chunk_passes=3, batch_size=16, lr=0.01, method=method, **options)
+    for t, classes in enumerate([["a", "b"], ["c", "d"]][:tasks]):
+        head.partial_fit(*blobs(classes, seed=t))
+        head.after_task()
+    return head
+
+
+def ops():
+    return runtime.keras().ops
+
+
+def test_learns_and_is_deterministic():
+    X, y = blobs(["a", "b", "c"], 90)
+    heads = [MLPHead(hidden=8, chunk_passes=20, batch_size=16, lr=0.01, seed=3).partial_fit(X, y) for _ in range(2)]
+    assert np.mean(heads[0].predict(X) == y) > 0.9
+    for p, q in zip(heads[0].params_, heads[1].params_):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_grown_output_keeps_old_logits():
+    head = fitted()
+    X, _ = blobs(["a", "b"], seed=5)
+    before = head.logits(X)
+    moments = [m.copy() for m in head.adam_[0]]
+    head.before_task(1, ["c"])
+    after = head.logits(X)
+    assert after.shape == (len(X), 3)
+    np.testing.assert_array_equal(after[:, :2], before)
+    np.testing.assert_array_equal(after[:, 2], 0.0)                    # a new class starts at logit 0
+    np.testing.assert_array_equal(head.adam_[0][-2][:, :2], moments[-2])  # optimizer moments kept, grown
+    assert head.adam_[0][-2].shape == head.params_[-2].shape
+
+
+def test_ewc_penalty_is_zero_at_previous_weights_and_grows_with_distance():
+    head = fitted("ewc")
+    consts = head.method.consts(head)
+    fisher = consts["fisher"]
+    assert all(np.all(f >= 0) for f in fisher) and sum(f.sum() for f in fisher) > 0
+    o = ops()
+    direction = [np.random.default_rng(i).normal(size=p.shape).astype(np.float32) for i, p in enumerate(head.params_)]
+
+    def penalty(eps: float) -> float:
+        moved = [p + eps * d for p, d in zip(head.params_, direction)]
+        return float(runtime.to_numpy(ewc_penalty(o, moved, fisher, consts["anchor"])))
+
+    assert penalty(0.0) == 0.0
+    assert 0 < penalty(0.1) < penalty(0.2) < penalty(0.4)
+    assert penalty(0.2) == pytest.approx(4 * penalty(0.1), rel=1e-3)   # quadratic
+
+
+def test_ewc_fisher_equals_mean_squared_per_row_gradients():
+    head = fitted(hidden=5)
+    Z = head.standardise(blobs(["a", "b"], 12, seed=9)[0])
+    fisher = fisher_diagonal(head.params_, Z, np.random.default_rng(7))
+    p = softmax(forward(head.params_, Z)[1])
+    drawn = (p.cumsum(axis=1) > np.random.default_rng(7).random((len(p), 1))).argmax(axis=1)
+    o = ops()
+    grad = runtime.value_and_grad(lambda params, x, y: cross_entropy(o, forward(params, x, o.relu)[1], y, o.ones((1,))))
+    squares = [np.zeros_like(f) for f in fisher]
+    for r in range(len(Z)):
+        _, g = grad(runtime.to_tensor(head.params_), runtime.to_tensor(Z[r:r + 1]), runtime.to_tensor(drawn[r:r + 1]))
+        squares = [s + runtime.to_numpy(gi) ** 2 / len(Z) for s, gi in zip(squares, g)]
+    for f, s in zip(fisher, squares):
+        np.testing.assert_allclose(f, s, rtol=1e-3, atol=1e-7)
+
+
+def test_lwf_targets_come_from_the_frozen_previous_head():
+    head = fitted("lwf")
+    Z = head.standardise(blobs(["a", "b"], seed=4)[0])
+    frozen = [p.copy() for p in head.params_]
+    targets = head.method.targets(Z)
+    np.testing.assert_allclose(targets, softmax(forward(frozen, Z)[1] / head.method.temperature), rtol=1e-6)
+    head.partial_fit(*blobs(["c", "d"], seed=1))          # the live head moves on
+    assert not np.allclose(head.params_[-2][:, :2], frozen[-2])
+    np.testing.assert_array_equal(head.method.targets(Z), targets)
+    assert head.method.consts(head)["old"][-2].shape == frozen[-2].shape
+
+
+def test_agem_projection_never_points_against_the_reference():
+    o = ops()
+    rng = np.random.default_rng(0)
+    shapes = [(4, 3), (3,)]
+    for trial in range(20):
+        g = [rng.normal(size=s).astype(np.float32) for s in shapes]
+        ref = [rng.normal(size=s).astype(np.float32) for s in shapes]
+        out = runtime.to_numpy(project(o, g, ref))
+        dot_before = sum(float((a * b).sum()) for a, b in zip(g, ref))
+        dot_after = sum(float((a * b).sum()) for a, b in zip(out, ref))
+        assert dot_after >= -1e-5
+        if dot_before >= 0:   # already compatible: unchanged
+            for a, b in zip(out, g):
+                np.testing.assert_allclose(a, b)
+
+
+def test_agem_projects_real_gradients_against_the_memory_gradient():
+    head = fitted("agem", tasks=2, memory=20)
+    o = ops()
+    Xn, yn = blobs(["c", "d"], 16, seed=3)
+    Xm, ym = head.method.memory_batch(head, np.random.default_rng(0), 16)
+    batch = runtime.to_tensor({"x": head.standardise(Xn), "y": head.class_index(yn), "w": np.ones(16, np.float32),
+                               "xr": Xm, "yr": ym})
+    params = runtime.to_tensor(head.params_)
+    _, g = runtime.value_and_grad(lambda p, b, c: head.method.loss(o, p, b, c))(params, batch, {})
+    _, ref = runtime.value_and_grad(lambda p, b, c: head.method._memory_loss(o, p, b, c))(params, batch, {})
+    _, used = head.method.loss_and_grads(o, runtime.value_and_grad, params, batch, {})
+    dot = lambda a, b: sum(float((runtime.to_numpy(x) * runtime.to_numpy(y)).sum()) for x, y in zip(a, b))
+    assert dot(used, ref) >= -1e-5
+    if dot(g, ref) >= 0:
+        assert dot(used, g) == pytest.approx(dot(g, g), rel=1e-4)
+
+
+def test_icarl_herds_in_the_learned_embedding_and_predicts_by_nearest_mean():
+    head = MLPHead(hidden=8, chunk_passes=3, batch_size=16, lr=0.01, method="icarl", memory=8)
+    X, y = blobs(["a", "b"], 40)
+    head.partial_fit(X, y)
+    params = [p.copy() for p in head.params_]
+    head.after_task()
+    for c in ("a", "b"):
+        Xc = X[y == c]
+        emb = forward(params, head.standardise(Xc))[0]
+        expected = Xc[herding_order(emb, 4)]
+        np.testing.assert_array_equal(head.method.memory_.sets[c].X, expected)
+    head.partial_fit(*blobs(["c", "d"], seed=1))
+    head.after_task()
+    assert all(len(s.paths) == 2 for s in head.method.memory_.sets.values())   # 8 // 4 classes
+    Xt, _ = blobs(["a", "b", "c", "d"], 30, seed=8)
+    means = l2_normalise(np.stack([l2_normalise(head.embedding(head.method.memory_.sets[c].X)).mean(axis=0)
+                                   for c in head.classes_]))
+    nearest = np.argmax(l2_normalise(head.embedding(Xt)) @ means.T, axis=1)
+    assert head.predict(Xt).tolist() == [head.classes_[i] for i in nearest]
+
+
+def test_er_replays_memory_in_every_batch_and_forgets_less_than_finetune():
+    acc = {}
+    for method in ("finetune", "er"):
+        head = MLPHead(hidden=8, chunk_passes=5, batch_size=16, lr=0.01, method=method,
+                       **({"memory": 20} if method == "er" else {}))
+        for t, classes in enumerate([["a", "b"], ["c", "d"]]):
+            head.partial_fit(*blobs(classes, 80, seed=t))
+            head.after_task()
+        Xo, yo = blobs(["a", "b"], 60, seed=9)
+        acc[method] = np.mean(head.predict(Xo) == yo)
+    assert acc["er"] > acc["finetune"] + 0.3
+
+
+def data_only(value, where="state"):
+    """Raise if ``value`` holds anything but numpy arrays, JSON values and this package's plain objects."""
+    if value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating)):
+        return
+    if isinstance(value, np.ndarray):
+        assert value.dtype != object or all(isinstance(v, str) for v in value.ravel()), where
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            data_only(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            data_only(k, f"{where} key")
+            data_only(v, f"{where}[{k!r}]")
+        return
+    assert type(value).__module__.startswith("pipeline."), f"{where} holds a {type(value)}"
+    data_only(vars(value), f"{where}.{type(value).__name__}")
+
+
+@pytest.mark.parametrize("method", ["finetune", "er", "ewc", "lwf", "icarl", "agem"])
+def test_state_is_data_only_and_a_rebuilt_head_predicts_identically(method):
+    head = fitted(method, tasks=2, **({"memory": 20} if method in ("er", "icarl", "agem") else {}))
+    X, _ = blobs(["a", "b", "c", "d"], 20, seed=6)
+    head.predict(X)                      # fills caches: they must not be saved
+    state = head.__getstate__()
+    data_only(state)
+    rebuilt = MLPHead.__new__(MLPHead)
+    rebuilt.__setstate__(copy.deepcopy(state))
+    np.testing.assert_array_equal(rebuilt.predict_proba(X), head.predict_proba(X))
+    again = pickle.loads(pickle.dumps(head))
+    Xn, yn = blobs(["e"], 16, seed=2)
+    for h in (head, again):              # training continues identically after a round trip
+        h.partial_fit(Xn, yn)
+    for p, q in zip(head.params_, again.params_):
+        np.testing.assert_array_equal(p, q)
+    assert MLPHead(**head.settings()).settings() == head.settings()
+
+
+@pytest.mark.parametrize("method", ["finetune", "icarl"])
+def test_saved_through_the_data_only_model_format(tmp_path, method):
+    from pipeline.models import TrainedModel, load_model, save_model
+
+    head = fitted(method, tasks=2)
+    X, _ = blobs(["a", "b", "c", "d"], 20, seed=6)
+    save_model(TrainedModel(head, "mlp", {"feature_dim": DIM}), tmp_path / "model")
+    loaded = load_model(tmp_path / "model").head
+    np.testing.assert_array_equal(loaded.predict_proba(X), head.predict_proba(X))
+
+
+def test_keras_export_matches_numpy_prediction():
+    head = fitted(tasks=2)
+    X, _ = blobs(["a", "c"], 10, seed=3)
+    model = head.to_keras()
+    np.testing.assert_allclose(model.predict(head.standardise(X), verbose=0), head.predict_proba(X), atol=1e-5)
+
+
+def test_bad_options_are_refused_by_name():
+    with pytest.raises(HeadError, match="--ewc-lambda is read only by --method ewc"):
+        MLPHead(method="er", ewc_lambda=1.0)
+    MLPHead(method="er", ewc_lambda=1e5)    # another method's option at its default: ignored (the registry fills defaults)
+    with pytest.raises(HeadError, match="unknown method"):
+        MLPHead(method="gem")
+    with pytest.raises(HeadError, match="batch_size"):
+        MLPHead(batch_size=0)
