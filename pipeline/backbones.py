@@ -249,9 +249,9 @@ def load_user_model(path: str | Path, layer: str | None = None, pooling: str = "
     return backbone
 
 
-def backbone_from_info(info: dict[str, Any], weights: str | None = None, model_path: str | None = None,
-                       precision: str | None = None) -> Backbone:
-    """Rebuild the backbone a store or model recorded, checking the weights match.
+def config_from_info(info: dict[str, Any], weights: str | None = None, model_path: str | None = None,
+                     precision: str | None = None) -> "BackboneConfig":
+    """The recipe of the backbone a store or model recorded (``weights`` / ``model_path``: local files).
 
     ``precision`` defaults to the recorded compute precision (float32 for
     stores and models made before it was recorded).
@@ -260,20 +260,32 @@ def backbone_from_info(info: dict[str, Any], weights: str | None = None, model_p
     if name.startswith("user:"):
         if model_path is None:
             raise BackboneError(f"the features came from the user model {name[5:]}; pass its path with --model")
-        bb = load_user_model(model_path, info.get("layer") or None, str(info["pooling"]))
-    else:
-        recorded = str(info["weights"])
-        if weights is None:
-            if recorded not in ("imagenet", "none"):
-                raise BackboneError(
-                    f"the features came from the weights file {recorded.split(':')[0]}; pass it with --weights")
-            weights = recorded
-        alpha = info.get("alpha")
-        bb = build_backbone(name, weights, float(alpha) if alpha not in (None, "") else None,
-                            int(info["input_size"][0]), str(info["pooling"]),
-                            precision or str(info.get("precision") or "float32"))
-    if bb.info["weights"] != info["weights"]:
-        raise BackboneError(f"weights differ from those the features were made with: expected {info['weights']}, got {bb.info['weights']}")
+        return BackboneConfig(pooling=str(info["pooling"]), model_path=str(model_path),
+                              layer=info.get("layer") or None)
+    recorded = str(info["weights"])
+    if weights is None:
+        if recorded not in ("imagenet", "none"):
+            raise BackboneError(
+                f"the features came from the weights file {recorded.split(':')[0]}; pass it with --weights")
+        weights = recorded
+    alpha = info.get("alpha")
+    return BackboneConfig(name, weights, float(alpha) if alpha not in (None, "") else None,
+                          int(info["input_size"][0]), str(info["pooling"]),
+                          precision or str(info.get("precision") or "float32"))
+
+
+def check_rebuilt(recorded: dict[str, Any], built: dict[str, Any]) -> None:
+    """Refuse a rebuilt backbone whose weights differ from those the features were made with."""
+    if built["weights"] != recorded["weights"]:
+        raise BackboneError(f"weights differ from those the features were made with: expected "
+                            f"{recorded['weights']}, got {built['weights']}")
+
+
+def backbone_from_info(info: dict[str, Any], weights: str | None = None, model_path: str | None = None,
+                       precision: str | None = None) -> Backbone:
+    """Rebuild the backbone a store or model recorded, checking the weights match."""
+    bb = config_from_info(info, weights, model_path, precision).build()
+    check_rebuilt(info, bb.info)
     return bb
 
 

@@ -248,3 +248,21 @@ def to_numpy(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [to_numpy(v) for v in x]
     return keras().ops.convert_to_numpy(x)
+
+
+def allow_memory_growth() -> None:
+    """Let TensorFlow take GPU memory as it needs it, not all of it up front.
+
+    Call before any model is built (a Ray actor does so first thing): with one
+    GPU per actor, the decode threads and the model share the card with nothing
+    else, but a co-located process (another actor, a notebook) still fits.
+    """
+    if backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process: keep its setting
+            pass

@@ -3,7 +3,9 @@
 The backbone recorded in the model is rebuilt (same preprocessing and input
 size as extraction) and images go through the same reader -> mapper path as
 extraction (:func:`read_batches` decodes in threads ahead of the model,
-:func:`embed_decoded` embeds).
+:func:`embed_decoded` embeds). :func:`predict_on_ray` runs that path on a
+pool of Ray actors over fixed runs of files (whole batches, so every image is
+embedded in the same batch as locally), and yields the predictions in order.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from pipeline.backbones import Backbone, backbone_from_info
+from pipeline.backbones import Backbone, BackboneConfig, backbone_for, backbone_from_info
 from pipeline.errors import SourceError
 from pipeline.extraction.partition import embed_decoded, read_batches
 from pipeline.images import IMAGE_EXTENSIONS, try_decode
@@ -67,3 +69,49 @@ def predict_images(model: TrainedModel, backbone: Backbone, files: list[Path],
                 else:
                     best = int(np.argmax(rows[k]))
                     yield Prediction(str(f), str(classes[best]), float(rows[k][best]))
+
+
+class PredictWorker:
+    """The body of one Ray actor for ``predict``: the backbone is built once per actor."""
+
+    def __init__(self, decode_threads: int, gpu: bool):
+        self.decode_threads = decode_threads
+        if gpu:
+            from pipeline.keras_runtime import allow_memory_growth
+
+            allow_memory_growth()
+
+    def info(self, config: BackboneConfig) -> dict[str, Any]:
+        return backbone_for(config).info
+
+    def run(self, model: TrainedModel, config: BackboneConfig, files: Sequence[Path],
+            batch_size: int) -> list[Prediction]:
+        return list(predict_images(model, backbone_for(config), list(files), batch_size, self.decode_threads))
+
+
+def predict_on_ray(model: TrainedModel, config: BackboneConfig, files: list[Path], batch_size: int = 32,
+                   workers: int | None = None, batches_per_part: int = 8) -> Iterator[Prediction]:
+    """Like :func:`predict_images`, on a Ray cluster (``RAY_ADDRESS``, else a local Ray); same predictions."""
+    from pipeline.backbones import check_rebuilt
+    from pipeline.errors import ModelFileError
+    from pipeline.ray_executor import WorkerPool, actor_shape, ray_session
+
+    size = batch_size * batches_per_part
+    parts = [files[s:s + size] for s in range(0, len(files), size)]
+    with ray_session() as resources:
+        n, cpus, gpus = actor_shape(resources, workers)
+        with WorkerPool(PredictWorker, (max(1, int(cpus)), gpus > 0), size=min(n, len(parts)), num_cpus=cpus,
+                        num_gpus=gpus) as pool:
+            info = pool.call_all("info", config)[0]
+            check_rebuilt(model.backbone, info)
+            if info["feature_dim"] != model.feature_dim:
+                raise ModelFileError(f"the rebuilt backbone gives {info['feature_dim']}-d features, the model "
+                                     f"expects {model.feature_dim}")
+            model_ref = pool.put(model)
+            done: dict[int, list[Prediction]] = {}
+            next_part = 0
+            for index, preds in pool.map_unordered("run", [(model_ref, config, p, batch_size) for p in parts]):
+                done[index] = preds
+                while next_part in done:
+                    yield from done.pop(next_part)
+                    next_part += 1

@@ -12,6 +12,10 @@ never arrays), so each task opens its inputs itself and any node can run it.
   whose worker dies is rerun by Ray, so tasks must be pure or write atomically),
   keeps at most ``max_in_flight`` running, and yields the results in item order
   while a progress bar counts finished tasks.
+- :class:`WorkerPool` keeps a fixed set of long-lived actors of a plain class
+  (built once, e.g. a backbone), hands each idle one the next item, yields
+  results as they arrive, and redoes the item of an actor that dies on a fresh
+  actor (so the work must write atomically: extraction shards do).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import os
 import socket
 import sys
+from collections import Counter, deque
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from tqdm import tqdm
@@ -87,6 +92,103 @@ def default_workers(resources: dict[str, float]) -> int:
     return max(1, int(resources.get("CPU", 1)))
 
 
+def actor_shape(resources: dict[str, float], workers: int | None) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) for model workers on a cluster with ``resources``.
+
+    Default: one actor per GPU when the cluster has GPUs, else one per two CPUs
+    (each actor's model uses several cores, and its decode threads the rest).
+    An actor asks for one GPU (a share when ``workers`` exceeds the GPUs) and
+    an equal share of the CPUs, which sizes its decode threads.
+    """
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+    n = workers or (gpus if gpus else max(1, int(cpus) // 2))
+    num_gpus = min(1.0, gpus / n) if gpus else 0.0
+    return n, max(0.01, round(cpus / n, 2)), num_gpus
+
+
+class WorkerPool:
+    """``size`` long-lived Ray actors of ``cls(*args)``; see the module docstring.
+
+    Use inside a :func:`ray_session`, as a context manager (the actors are killed
+    at the end). Each actor reserves ``num_cpus`` / ``num_gpus``, so Ray gives a
+    GPU actor its own card (``CUDA_VISIBLE_DEVICES``).
+    """
+
+    def __init__(self, cls: type, args: tuple[Any, ...], *, size: int, num_cpus: float = 1, num_gpus: float = 0,
+                 max_resubmits: int = 3):
+        ray = _ray()
+        self._factory = ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
+                                                scheduling_strategy="SPREAD")
+        self._args = args
+        self.max_resubmits = max_resubmits
+        self.actors: list[Any] = [self._factory.remote(*args) for _ in range(size)]
+        self.replaced = 0  # actors that died and were replaced (their items redone)
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ray = _ray()
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
+    def put(self, value: Any) -> Any:
+        """Ship ``value`` to the object store once; pass the reference to many calls."""
+        return _ray().put(value)
+
+    def call(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` on one actor, waited for."""
+        return self.call_all(method, *args, actors=1)[0]
+
+    def call_all(self, method: str, *args: Any, actors: int | None = None) -> list[Any]:
+        """``method(*args)`` on every actor (or the first ``actors``) at once, waited for (e.g. to warm them up)."""
+        ray = _ray()
+        try:
+            return ray.get([getattr(a, method).remote(*args) for a in self.actors[:actors]])
+        except ray.exceptions.RayError as exc:
+            raise _failure(exc) from None
+
+    def map_unordered(self, method: str, items: Sequence[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
+        """``(index, actor.method(*item))`` for every item, as they finish; an item whose actor died is redone."""
+        ray = _ray()
+        queue, attempts = deque(range(len(items))), Counter[int]()
+        idle, running = list(range(len(self.actors))), {}
+
+        def submit() -> None:
+            while queue and idle:
+                slot, index = idle.pop(), queue.popleft()
+                running[getattr(self.actors[slot], method).remote(*items[index])] = (slot, index)
+
+        try:
+            submit()
+            while running:
+                [ref], _ = ray.wait(list(running), num_returns=1)
+                slot, index = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:  # the worker died (killed, node lost, OOM)
+                    attempts[index] += 1
+                    if attempts[index] > self.max_resubmits:
+                        raise ExecutorError(f"item {index} lost its Ray worker {attempts[index]} times; last: "
+                                            f"{_cause(exc)}") from None
+                    self.actors[slot] = self._factory.remote(*self._args)
+                    self.replaced += 1
+                    queue.appendleft(index)
+                    idle.append(slot)
+                    submit()
+                    continue
+                except ray.exceptions.RayError as exc:
+                    raise _failure(exc) from None
+                idle.append(slot)
+                submit()  # keep the actor busy while the caller handles the result
+                yield index, result
+        finally:
+            for ref in running:  # the actors are killed on __exit__
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+
+
 def map_ordered(fn: Callable[..., R], items: Sequence[tuple[Any, ...]], *, max_in_flight: int,
                 num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 3, desc: str = "tasks",
                 progress: bool = True) -> Iterator[R]:
@@ -120,10 +222,7 @@ def map_ordered(fn: Callable[..., R], items: Sequence[tuple[Any, ...]], *, max_i
             try:
                 result = ray.get(refs[next_out])
             except ray.exceptions.RayError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, PipelineError):  # a user-fixable problem met by the task (bad store, ...)
-                    raise cause from None
-                raise ExecutorError(f"a Ray task failed: {_cause(exc)}") from None
+                raise _failure(exc) from None
             refs[next_out] = None  # let Ray free the object
             next_out += 1
             yield result
@@ -131,6 +230,14 @@ def map_ordered(fn: Callable[..., R], items: Sequence[tuple[Any, ...]], *, max_i
         bar.close()
         for ref in pending:
             ray.cancel(ref, force=True)
+
+
+def _failure(exc: Exception) -> Exception:
+    """The error to raise for a failed Ray call: a user-fixable one (bad store, full disk) as it is."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, PipelineError):
+        return cause
+    return ExecutorError(f"a Ray task failed: {_cause(exc)}")
 
 
 def _cause(exc: Exception) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -67,10 +68,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename over ``path``.
 
     A crash at any moment leaves either the old file or the new one, never a torn file.
+    The temporary name is unique per writer (``NAME.<pid>.<random>.tmp``): two
+    writers of the same file (a retried Ray task beside a worker thought dead)
+    never write into one temporary file; stale ones match ``*.tmp``.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

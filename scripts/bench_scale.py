@@ -1,4 +1,4 @@
-"""Scaling out: Ray training rows/s for slda over 4 stores vs single-process.
+"""Scaling out: extraction images/s per executor, and Ray training rows/s for slda over 4 stores.
 
 Every figure comes from its own process (``train-incremental`` run as a
 subprocess), so the baseline and the candidates do not share caches or
@@ -12,7 +12,14 @@ the work the Ray workers share.
 
     python scripts/bench_scale.py --rows-per-store 20000 --dim 1024
 
-(Extraction throughput per executor is to be added with the extraction executor.)
+Extraction: the same photos (``--photos``, default 512 Dogs vs Cats photos from
+../shared, symlinked) embedded with MobileNet 0.25/128 (../shared weights) by
+the local executor, Ray with 1 worker and Ray with 2 workers, each in its own
+process with its own local Ray. images/s covers the partitions and the merge
+(not Ray's start-up or the first actor's model build, which happen before);
+the merge's share of that time is reported too.
+
+    python scripts/bench_scale.py --part extract --photos 512
 """
 
 from __future__ import annotations
@@ -45,6 +52,51 @@ t0 = time.perf_counter()
 head, rows = fit_mergeable(spec, StreamSpec.of(stream), InProcess(), parts)
 print(json.dumps({"rows": rows, "elapsed_s": time.perf_counter() - t0}))
 """
+
+
+SHARED = ROOT.parent / "shared"
+WEIGHTS = SHARED / "weights" / "mobilenet_0.25_128_imagenet_no_top.weights.h5"
+DVC = SHARED / "data" / "dogs-vs-cats" / "train"
+EXTRACT = """
+import json, sys, time
+from pipeline.backbones import BackboneConfig
+from pipeline.extraction import extract_features, make_executor
+from pipeline.images import list_images
+src, out, weights, executor, workers = sys.argv[1:6]
+config = BackboneConfig("mobilenet", weights, 0.25, 128)
+res = extract_features(list_images(src), out, config, executor=make_executor(executor, int(workers)), progress=False)
+print(json.dumps({"rows": res.rows, "images_per_s": res.images_per_s, "elapsed_s": res.elapsed_s,
+                  "executor": res.executor, **res.timings}))
+"""
+
+
+def bench_extract(photos: int) -> None:
+    if not (WEIGHTS.is_file() and DVC.is_dir()):
+        print(f"extraction: skipped, needs {WEIGHTS} and {DVC}")
+        return
+    names = sorted(p.name for p in DVC.iterdir())[:photos]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("RAY_ADDRESS", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in names:
+            (src / name).symlink_to(DVC / name)
+        print(f"extraction: {len(names)} Dogs vs Cats photos, MobileNet 0.25/128, {os.cpu_count()} CPUs")
+        print(f"{'run':<34}{'wall s':>9}{'run s':>8}{'images/s':>10}{'vs local':>10}{'merge share':>13}")
+        base = None
+        for name, executor, workers in (("local (2 decode threads)", "local", 2), ("ray, 1 worker", "ray", 1),
+                                        ("ray, 2 workers", "ray", 2)):
+            t0 = time.perf_counter()
+            r = json.loads(subprocess.run([sys.executable, "-c", EXTRACT, str(src), str(Path(tmp) / f"{executor}"
+                                           f"{workers}.h5"), str(WEIGHTS), executor, str(workers)], check=True,
+                                          env=env, capture_output=True, text=True).stdout.splitlines()[-1])
+            wall = time.perf_counter() - t0
+            base = base or r["images_per_s"]
+            print(f"{name:<34}{wall:>9.1f}{r['elapsed_s']:>8.1f}{r['images_per_s']:>10.1f}"
+                  f"{r['images_per_s'] / base:>10.2f}{r['merge_s'] / r['elapsed_s']:>12.1%}")
+        print("(wall s: the whole process, imports, Ray start-up and model builds included; run s: partitions "
+              "and merge)")
 
 
 def make_stores(folder: Path, n_stores: int, rows: int, dim: int, classes: int) -> list[Path]:
@@ -87,7 +139,13 @@ def main() -> None:
     ap.add_argument("--rows-per-store", type=int, default=20000)
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--photos", type=int, default=512, help="Photos for the extraction figures.")
+    ap.add_argument("--part", choices=["all", "extract", "train"], default="all")
     args = ap.parse_args()
+    if args.part in ("all", "extract"):
+        bench_extract(args.photos)
+    if args.part == "extract":
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         stores = make_stores(folder, args.stores, args.rows_per_store, args.dim, args.classes)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.errors import ExecutorError
+from pipeline.extraction import RayExecutor
 from pipeline.models import load_model
 from pipeline.parallel_train import InProcess, StreamSpec, fit_mergeable, HeadSpec, plan_partitions
 from pipeline.runs import run_training
@@ -164,3 +165,115 @@ def test_nme_exact_means_merge_exactly_and_exemplar_means_refuse():
     assert merged.memory_.size == one.memory_.size == 30
     with pytest.raises(HeadError, match="class-means exact"):
         NMEHead().partial_fit(X, y).merge(NMEHead().partial_fit(X, y))
+
+
+# --- extraction on Ray: partitions run by actors, bitwise equal to the local executor ---------------------
+
+EXTRACT_OPTS = dict(batch_size=4, checkpoint_rows=4, progress=False)  # 4 files per partition
+KILL_CLI = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "128", "--batch-size", "4",
+            "--checkpoint-rows", "4", "-q"]
+
+
+@pytest.fixture(scope="module")
+def extract_source(tmp_path_factory):
+    from conftest import DVC, kaggle_names, link_subset
+    from pipeline.images import list_images
+
+    src = link_subset(DVC, tmp_path_factory.mktemp("ray_extract") / "src", kaggle_names(11))
+    (src / "cat.999.jpg").write_bytes(b"\xff\xd8 broken")
+    (src / "dog.999.jpg").write_bytes(b"")
+    return list_images(src)  # 24 files, 2 undecodable, 6 partitions
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory, extract_source, small_backbone):
+    from pipeline.extract import extract_features
+
+    out = tmp_path_factory.mktemp("ray_local") / "local.h5"
+    extract_features(extract_source, out, small_backbone, **EXTRACT_OPTS)
+    return out
+
+
+@requires_shared
+def test_ray_extraction_equals_local_bitwise_with_bad_files(ray_cluster, extract_source, local_store,
+                                                            small_backbone, tmp_path):
+    from pipeline.extraction import extract_features
+    from test_faults import assert_same_store
+
+    out = tmp_path / "ray.h5"
+    res = extract_features(extract_source, out, small_backbone.config, executor=RayExecutor(workers=2),
+                           **EXTRACT_OPTS)
+    assert (res.rows, res.skipped) == (22, 2) and res.executor.startswith("ray, 2 workers")
+    assert_same_store(out, local_store)  # features, labels, paths (in order), skipped files and reasons
+
+
+class KillingRayExecutor(RayExecutor):
+    """Kills its first actor (ray.kill) once the first partition is back: every actor is busy then."""
+
+    replaced = -1
+
+    def run(self, job, parts, on_images):
+        import ray
+
+        for k, result in enumerate(super().run(job, parts, on_images)):
+            if k == 0:
+                ray.kill(self.pool.actors[0])
+            yield result
+        self.replaced = self.pool.replaced
+
+
+@requires_shared
+def test_an_actor_killed_mid_run_has_its_partition_redone(ray_cluster, extract_source, local_store,
+                                                          small_backbone, tmp_path):
+    from pipeline.extraction import extract_features
+    from test_faults import assert_same_store
+
+    out = tmp_path / "killed.h5"
+    executor = KillingRayExecutor(workers=2)
+    extract_features(extract_source, out, small_backbone.config, executor=executor, **EXTRACT_OPTS)
+    assert executor.replaced == 1  # one actor died and was replaced; its partition was rerun
+    assert_same_store(out, local_store)
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "killed.h5.parts").exists()
+
+
+@requires_shared
+def test_driver_killed_with_sigkill_resumes_to_the_same_store(extract_source, local_store, tmp_path):
+    import os
+    import signal
+    import time
+
+    from conftest import WEIGHTS_025
+    from test_faults import assert_same_store
+
+    out, parts = tmp_path / "k.h5", tmp_path / "k.h5.parts"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("RAY_ADDRESS", None)  # the command starts its own local Ray
+    cmd = [sys.executable, "-m", "pipeline", "extract-features", str(extract_source.root), "-o", str(out),
+           *KILL_CLI, "--weights", str(WEIGHTS_025)]
+    proc = subprocess.Popen([*cmd, "--executor", "ray", "--workers", "1"], env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(parts.glob("shard-*.h5")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(parts.glob("shard-*.h5")))
+    assert 1 <= done < 6 and not out.exists(), f"killed with {done} of 6 shards written"
+    subprocess.run(cmd, env=env, check=True)  # the same command, local executor: continues
+    assert_same_store(out, local_store)
+
+
+@requires_shared
+def test_predict_on_ray_writes_the_local_csv(ray_cluster, extract_source, local_store, tmp_path):
+    from conftest import WEIGHTS_025
+    from pipeline.runs import run_prediction
+
+    model = tmp_path / "slda.pkl"
+    run_training([local_store], model_out=model, head="slda", quiet=True, echo=lambda s: None, out=lambda s: None)
+    outputs = {}
+    for executor in ("local", "ray"):
+        outputs[executor] = tmp_path / f"{executor}.csv"
+        run_prediction(model, [extract_source.root], str(WEIGHTS_025), batch_size=4, output=outputs[executor],
+                       out=lambda s: None, executor=executor, workers=2)
+    local = outputs["local"].read_text()
+    assert local.count("\n") == 25 and local.count(",,") == 2  # header, 24 files, 2 errors (no label)
+    assert outputs["ray"].read_text() == local

@@ -51,8 +51,12 @@ Examples:
 @click.option("--compression", type=click.Choice(["lzf", "gzip"]), default=None, help="HDF5 compression (slower reads).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the image order shuffle.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the sorted file order.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: run the partitions on a Ray cluster (RAY_ADDRESS, else a local Ray); OUT must be on a "
+                   "filesystem every worker sees.")
 @click.option("--workers", type=WorkersType(), default="auto", show_default=True,
-              help="Decoding threads, or auto (every core but one with a GPU; enough to feed the model on a CPU).")
+              help="local: decoding threads, or auto (every core but one with a GPU; enough to feed the model on "
+                   "a CPU). ray: model workers (actors); auto = one per GPU, else one per 2 CPUs.")
 @click.option("--checkpoint-rows", type=click.IntRange(1), default=256, show_default=True,
               help="Rows per resumable shard: an interrupted run redoes at most this many.")
 @click.option("--overwrite", is_flag=True,
@@ -65,7 +69,7 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
                          backbone: str, weights: str, alpha: float | None,
                          image_size: int | None, pooling: str, model_path: Path | None, layer: str | None,
                          batch_size: int, precision: str, mixed_precision: bool, dtype: str, compression: str | None, seed: int,
-                         no_shuffle: bool, workers: int | str, checkpoint_rows: int, overwrite: bool, no_merge: bool,
+                         no_shuffle: bool, executor: str, workers: int | str, checkpoint_rows: int, overwrite: bool, no_merge: bool,
                          quiet: bool) -> None:
     """Embed the images of SOURCE with a pre-trained CNN into a chunked HDF5 store.
 
@@ -74,6 +78,7 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
     _show_warnings()
     from pipeline.backbones import BackboneConfig
     from pipeline.extract import extract_features
+    from pipeline.extraction import make_executor
     from pipeline.images import list_images
     from pipeline.keras_runtime import device
     from pipeline.workers import resolve_workers
@@ -85,7 +90,10 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
         warnings.warn("--mixed-precision is deprecated; use --precision float16 (or auto: float16 on a GPU)",
                       stacklevel=1)
         precision = "float16"
-    workers = resolve_workers(workers, device())
+    if executor == "local":
+        workers = resolve_workers(workers, device())
+    else:  # actors: the cluster's shape decides (the driver does not look at its own device)
+        workers = None if workers == "auto" else int(workers)
     listed = list_images(source, layout, label_key=label_key)
     excluded = 0
     if exclude:
@@ -105,8 +113,8 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
         click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout{done_before})",
                    err=True)
     res = extract_features(listed, out, config, seed=seed, shuffle=not no_shuffle, batch_size=batch_size,
-                           dtype=dtype, compression=compression, workers=workers, checkpoint_rows=checkpoint_rows,
-                           overwrite=overwrite, merge=not no_merge, progress=not quiet)
+                           dtype=dtype, compression=compression, executor=make_executor(executor, workers),
+                           checkpoint_rows=checkpoint_rows, overwrite=overwrite, merge=not no_merge, progress=not quiet)
     if quiet:
         return
     where = out if res.merged else f"{out}.parts/ (--no-merge)"
@@ -118,4 +126,4 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
     resumed = f", resumed with {res.resumed_at} files already done" if res.resumed_at else ""
     click.echo(f"wrote {res.rows} rows of {bb['backbone']} {bb['feature_dim']}-d features ({bb['device']}) to "
                f"{where} ({res.skipped} files skipped{resumed}{done_before}) in {res.elapsed_s:.1f} s, "
-               f"{res.images_per_s:.1f} images/s")
+               f"{res.images_per_s:.1f} images/s" + (f" [{res.executor}]" if res.executor != "local" else ""))

@@ -48,14 +48,19 @@ Examples:
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write predictions to a .csv or .json file.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: embed runs of files on a pool of Ray actors (RAY_ADDRESS, else a local Ray); same output.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="local: decoding threads [2]; ray: model workers (actors) [one per GPU, else one per 2 CPUs].")
 @trust_pickle_option
 @friendly_errors
 def predict_cmd(model: Path, inputs: tuple[Path, ...], weights: str | None, keras_model: str | None,
-                batch_size: int, output: Path | None, trust_pickle: bool) -> None:
+                batch_size: int, output: Path | None, executor: str, workers: int | None, trust_pickle: bool) -> None:
     """Label raw images (files or folders) with a saved MODEL, end to end."""
     from pipeline.runs import run_prediction
 
-    run_prediction(model, inputs, weights, keras_model, batch_size, output, out=click.echo, trust_pickle=trust_pickle)
+    run_prediction(model, inputs, weights, keras_model, batch_size, output, out=click.echo, trust_pickle=trust_pickle,
+                   executor=executor, workers=workers)
 
 
 MERGE_EPILOG = """\b

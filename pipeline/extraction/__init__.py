@@ -14,20 +14,21 @@ missing, and the result is identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.backbones import Backbone, BackboneConfig, as_config
-from pipeline.extraction.executors import Executor, LocalExecutor, progress_bar
+from pipeline.extraction.executors import Executor, LocalExecutor, RayExecutor, make_executor, progress_bar
 from pipeline.extraction.finalize import finalize as _finalize
 from pipeline.extraction.lock import output_lock
 from pipeline.extraction.partition import PartitionJob, PartitionResult, run_partition, run_partitions
 from pipeline.extraction.plan import ExtractionPlan, Partition, file_order, make_plan
 from pipeline.images import ImageSource
 
-__all__ = ["extract_features", "ExtractResult", "Executor", "LocalExecutor", "PartitionJob", "PartitionResult",
+__all__ = ["extract_features", "ExtractResult", "Executor", "LocalExecutor", "RayExecutor", "make_executor", "PartitionJob", "PartitionResult",
            "Partition", "ExtractionPlan", "make_plan", "run_partition", "run_partitions", "file_order"]
 
 
@@ -42,6 +43,7 @@ class ExtractResult:
     resumed_at: int = 0           # files already done by an earlier run
     already_complete: bool = False
     merged: bool = True
+    executor: str = "local"
     backbone: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -68,13 +70,17 @@ def extract_features(
     ``backbone`` is a recipe (:class:`BackboneConfig`) or a built backbone (reused in
     this process). ``workers`` is the number of decoding threads of the default
     :class:`LocalExecutor`. ``merge=False`` leaves ``OUT.parts/`` as the store.
+    An executor that is a context manager (:class:`RayExecutor`) is entered for the run.
     """
     out = Path(out)
     config = as_config(backbone)
     executor = executor or LocalExecutor(decode_threads=workers)
     result = ExtractResult(out=out, files=len(source.paths), merged=merge)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
+    with output_lock(out), contextlib.ExitStack() as stack:
+        if isinstance(executor, contextlib.AbstractContextManager):
+            stack.enter_context(executor)
+        result.executor = getattr(executor, "description", executor.name)
         result.backbone = info = executor.backbone_info(config)
         plan = make_plan(source, out, info, seed=seed, shuffle=shuffle, batch_size=batch_size, dtype=dtype,
                          checkpoint_rows=checkpoint_rows, overwrite=overwrite, merge=merge)

@@ -5,29 +5,23 @@ partitions anywhere and in any order, as long as each one is run by
 :func:`pipeline.extraction.partition.run_partition` (or ``run_partitions``)
 with the job it is given, so shards are identical whoever writes them.
 
-A distributed executor (Ray, in its own module: the rest of the package never
-imports Ray) would, for example::
-
-    class RayExecutor:
-        def backbone_info(self, config):
-            return ray.get(worker.info.remote(config))       # built on a worker
-        def run(self, job, parts, on_images):
-            job_ref = ray.put(job)                           # shipped once
-            pool = ActorPool(actors)                         # each: backbone_for(job.backbone) once
-            for result in pool.map_unordered(lambda a, p: a.run.remote(job_ref, p), parts):
-                on_images(len(result.part))
-                yield result
+:class:`RayExecutor` runs them on a Ray cluster through
+:mod:`pipeline.ray_executor` (the one module that imports Ray): a pool of
+long-lived actors, each building the backbone once and running whole
+partitions with its own decode threads ahead of the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from tqdm import tqdm
 
 from pipeline.backbones import BackboneConfig, backbone_for
-from pipeline.extraction.partition import PartitionJob, PartitionResult, run_partitions
+from pipeline.errors import ExecutorError
+from pipeline.extraction.partition import PartitionJob, PartitionResult, run_partition, run_partitions
 from pipeline.extraction.plan import Partition
 
 OnImages = Callable[[int], None]
@@ -62,6 +56,92 @@ class LocalExecutor:
 
     def run(self, job: PartitionJob, parts: Sequence[Partition], on_images: OnImages) -> Iterator[PartitionResult]:
         yield from run_partitions(job, parts, decode_threads=self.decode_threads, on_images=on_images)
+
+
+class PartitionWorker:
+    """The body of one Ray actor: the backbone is built once per actor, on its first call."""
+
+    def __init__(self, decode_threads: int, gpu: bool):
+        self.decode_threads = decode_threads
+        if gpu:  # before any model: take GPU memory as needed
+            from pipeline.keras_runtime import allow_memory_growth
+
+            allow_memory_growth()
+
+    def info(self, config: BackboneConfig) -> dict[str, Any]:
+        return backbone_for(config).info
+
+    def run(self, job: PartitionJob, part: Partition) -> PartitionResult:
+        return run_partition(job, part, decode_threads=self.decode_threads)
+
+
+class RayExecutor:
+    """Partitions on a Ray cluster (``RAY_ADDRESS``, else a local Ray); use it as a context manager.
+
+    ``workers`` actors (default: one per GPU, else one per two CPUs), each with
+    one GPU when the cluster has them and an equal share of the CPUs as decode
+    threads. Actors rather than tasks: a model is built once per worker, not
+    once per partition. A partition whose actor dies is redone on a fresh one;
+    shards are renamed into place whole, so a half-run partition leaves nothing.
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, address: str | None = None, num_cpus: int | None = None):
+        self.workers, self.address, self.num_cpus = workers, address, num_cpus
+        self.pool: Any = None
+        self.description = "ray"
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "RayExecutor":
+        import pipeline.ray_executor as ray_executor
+
+        with self._stack as stack:
+            resources = stack.enter_context(ray_executor.ray_session(self.address, self.num_cpus))
+            n, cpus, gpus = ray_executor.actor_shape(resources, self.workers)
+            threads = max(1, int(cpus))
+            self.pool = stack.enter_context(ray_executor.WorkerPool(
+                PartitionWorker, (threads, gpus > 0), size=n, num_cpus=cpus, num_gpus=gpus))
+            self.description = (f"ray, {n} worker{'s' * (n > 1)} x ({cpus:g} CPU, {threads} decode threads"
+                                f"{f', {gpus:g} GPU' if gpus else ''})")
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        self.pool = None
+
+    def backbone_info(self, config: BackboneConfig) -> dict[str, Any]:
+        if config.name.startswith("live:"):
+            raise ExecutorError("a backbone built in this process cannot be sent to Ray workers; pass a "
+                                "BackboneConfig (a registry name and weights, or a model path)")
+        # every actor builds its model now, in parallel, before the timed run; they must agree
+        infos = self._pool().call_all("info", config)
+        if any(info != infos[0] for info in infos[1:]):
+            raise ExecutorError(f"Ray workers built different backbones: {infos[0]} and "
+                                f"{next(i for i in infos if i != infos[0])} (mixed node types or packages?)")
+        return infos[0]
+
+    def run(self, job: PartitionJob, parts: Sequence[Partition], on_images: OnImages) -> Iterator[PartitionResult]:
+        pool = self._pool()
+        job_ref = pool.put(job)  # shipped once, read by every actor
+        for _, result in pool.map_unordered("run", [(job_ref, part) for part in parts]):
+            on_images(len(result.part))
+            yield result
+
+    def _pool(self) -> Any:
+        if self.pool is None:
+            raise ExecutorError("RayExecutor is used as a context manager (`with RayExecutor() as ex:`)")
+        return self.pool
+
+
+def make_executor(name: str, workers: int | None = None) -> Executor:
+    """``local`` (``workers`` decode threads, default 2) or ``ray`` (``workers`` actors)."""
+    if name == "ray":
+        return RayExecutor(workers)
+    if name == "local":
+        return LocalExecutor(decode_threads=workers or 2)
+    raise ExecutorError(f"unknown executor {name!r}: expected local or ray")
 
 
 def progress_bar(total: int, done: int, enabled: bool) -> tqdm:
