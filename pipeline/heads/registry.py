@@ -202,7 +202,7 @@ def make_head(name: str, *, n_features: int | None = None, **options: Any) -> "H
     >>> make_head("slda", lr=0.1)
     Traceback (most recent call last):
     ...
-    pipeline.errors.HeadError: --head slda does not take --lr (only logreg, softmax read it); it takes --shrinkage
+    pipeline.errors.HeadError: --head slda does not take --lr (only logreg, softmax, mlp read it); it takes --shrinkage
     """
     values = check_options(name, options)
     return head_class(name).build(n_features=n_features, **values)
