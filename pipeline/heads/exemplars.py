@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -143,11 +143,13 @@ class ExemplarMemory:
         return sum(len(s.paths) for s in self.sets.values())
 
     def update(self, candidates: dict[Hashable, tuple[np.ndarray, list[str]]],
-               targets: dict[Hashable, np.ndarray] | None = None) -> None:
+               targets: dict[Hashable, np.ndarray] | None = None,
+               embed: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         """Select exemplars for the classes in ``candidates`` and shrink every set to the new share.
 
         A class that already has exemplars chooses again among its old exemplars
-        and its new candidates.
+        and its new candidates. Herding runs on ``embed(X)`` when given (iCaRL's
+        learned embedding); the stored exemplars stay the raw rows.
         """
         for label in candidates:
             self.sets.setdefault(label, ExemplarSet(np.empty((0, 0), np.float32), []))
@@ -158,7 +160,8 @@ class ExemplarMemory:
                 X, paths = np.vstack([old.X, X]), old.paths + list(paths)
             if len(X) == 0:
                 continue
-            order = herding_order(X, m, None if targets is None else targets.get(label))
+            order = herding_order(X if embed is None else embed(X), m,
+                                  None if targets is None else targets.get(label))
             self.sets[label] = ExemplarSet(np.asarray(X, np.float32)[order], [paths[i] for i in order])
         for label, s in self.sets.items():
             if len(s.paths) > m:  # Algorithm 5: keep the first m of the herding order

@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.heads.cl.net import forward, weighted_mean
 from pipeline.heads.cl.replay import MemoryMethod
-from pipeline.heads.exemplars import ExemplarSet, herding_order, l2_normalise
+from pipeline.heads.exemplars import l2_normalise
 
 
 class ICaRL(MemoryMethod):
@@ -38,20 +38,7 @@ class ICaRL(MemoryMethod):
         return l2_normalise(emb)
 
     def after_task(self, head: Any) -> None:
-        candidates = self.pools_.take()
-        mem = self.memory_
-        for label in candidates:
-            mem.sets.setdefault(label, ExemplarSet(np.empty((0, 0), np.float32), []))
-        m = mem.per_class
-        for label, (X, paths) in candidates.items():
-            old = mem.sets[label]
-            if len(old.paths):
-                X, paths = np.vstack([old.X, X]), old.paths + list(paths)
-            order = herding_order(self.embed(head, X), m)
-            mem.sets[label] = ExemplarSet(np.asarray(X, np.float32)[order], [paths[i] for i in order])
-        for label, s in mem.sets.items():
-            if len(s.paths) > m:
-                mem.sets[label] = ExemplarSet(s.X[:m], s.paths[:m])
+        self.memory_.update(self.pools_.take(), embed=lambda X: self.embed(head, X))
         self.old_params_ = [p.copy() for p in head.params_]
         head.cache_.clear()
 
