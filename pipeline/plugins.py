@@ -77,7 +77,31 @@ class Replay(Plugin):
         loop.model.replay.end_task()
 
 
-class EvaluationPoints(Plugin):
+class EveryRows(Plugin):
+    """A plug-in that acts every ``every`` rows (0: never): the loop cuts its chunks at those rows."""
+
+    every = 0
+    next = 0
+
+    def enabled(self) -> bool:
+        return True
+
+    def before_training(self, loop: TrainingLoop) -> None:
+        self.next = next_multiple(loop.state.rows, self.every) if self.enabled() else 0
+
+    def next_stop(self, loop: TrainingLoop) -> int:
+        return self.next
+
+    def after_chunk(self, loop: TrainingLoop, chunk: Chunk, preds: np.ndarray) -> None:
+        if self.next and loop.state.rows >= self.next:
+            self.at_boundary(loop)
+            self.next += self.every
+
+    def at_boundary(self, loop: TrainingLoop) -> None:
+        """What to do when the rows seen reach the next multiple of ``every``."""
+
+
+class EvaluationPoints(EveryRows):
     """The learning curve: progressive and held-out accuracy, held-out log loss and learning speed every
     ``every`` rows and at the end (plus accuracy per task so far in class-incremental runs); the final
     held-out report in ``metrics["heldout"]``."""
@@ -88,16 +112,11 @@ class EvaluationPoints(Plugin):
         self.last = (0, 0.0)  # (rows, learning seconds) at the previous point of this process
 
     def before_training(self, loop: TrainingLoop) -> None:
-        self.next = next_multiple(loop.state.rows, self.every)
+        super().before_training(loop)
         self.last = (loop.state.rows, loop.t_learn)
 
-    def next_stop(self, loop: TrainingLoop) -> int:
-        return self.next
-
-    def after_chunk(self, loop: TrainingLoop, chunk: Chunk, preds: np.ndarray) -> None:
-        if self.next and loop.state.rows >= self.next:
-            self.point(loop)
-            self.next += self.every
+    def at_boundary(self, loop: TrainingLoop) -> None:
+        self.point(loop)
 
     def point(self, loop: TrainingLoop, held: Evaluation | None = None) -> None:
         s = loop.state
@@ -178,7 +197,7 @@ class JointReference(Plugin):
                                         if metrics.get("final_accuracy") is not None else None)
 
 
-class Checkpoints(Plugin):
+class Checkpoints(EveryRows):
     """Save the model with its position every ``every`` rows, after each task (when ``every``),
     on Ctrl-C when the head is consistent, and at the end."""
 
@@ -191,16 +210,11 @@ class Checkpoints(Plugin):
             loop.model.progress = loop.state.__dict__.copy()
             self.save(loop.model, self.path)
 
-    def before_training(self, loop: TrainingLoop) -> None:
-        self.next = next_multiple(loop.state.rows, self.every) if self.path is not None else 0
+    def enabled(self) -> bool:
+        return self.path is not None
 
-    def next_stop(self, loop: TrainingLoop) -> int:
-        return self.next
-
-    def after_chunk(self, loop: TrainingLoop, chunk: Chunk, preds: np.ndarray) -> None:
-        if self.next and loop.state.rows >= self.next:
-            self._save(loop)
-            self.next += self.every
+    def at_boundary(self, loop: TrainingLoop) -> None:
+        self._save(loop)
 
     def after_task(self, loop: TrainingLoop, task: int) -> None:
         if self.every and loop.incremental:
