@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
 from pipeline.errors import ExecutorError
-from pipeline.evaluate import Evaluation, continual_metrics
+from pipeline.evaluate import Evaluation
 from pipeline.heads import make_head
 from pipeline.heads.base import Head
 from pipeline.models import TrainedModel, save_model
+from pipeline.plugins import evaluate_task, incremental_metrics
 from pipeline.stream import FeatureStream
 from pipeline.train import TrainOptions, check_model_fits, evaluate_head
 
@@ -200,19 +201,16 @@ def train_parallel(model: TrainedModel, train_stream: FeatureStream, test_stream
         rows += learnt
         head.end_task()
         if incremental and test_stream is not None:
-            seen = {c for past in tasks[: t + 1] for c in past}
-            ev = evaluate_head(head, test_stream, seen)
-            matrix.append([_nan_none(ev.accuracy_on(set(tasks[j]))) if j <= t else None for j in range(len(tasks))])
-            after_each.append(ev.accuracy)
-            log(f"task {t + 1}/{len(tasks)} ({', '.join(task)}): accuracy on the {len(seen)} classes seen "
-                f"{ev.accuracy:.4f}")
+            row, accuracy = evaluate_task(head, test_stream, tasks, t, log)
+            matrix.append(row)
+            after_each.append(accuracy)
     learn_s = time.perf_counter() - t0
     model.head = head
     held = evaluate_head(head, test_stream)
     curve = [{"rows_seen": rows, "progressive_accuracy": None, "heldout_accuracy": held.accuracy if held.rows else None}]
     metrics = _metrics(model, rows, held, curve, learn_s, executor, len(parts))
     if incremental:
-        metrics.update(_incremental(matrix, after_each, tasks))
+        metrics.update(incremental_metrics(tasks, matrix, after_each))
         if opts.joint_reference:
             joint, _ = fit_mergeable(spec, StreamSpec.of(train_stream), executor, parts, None, opts.epochs, "joint")
             joint.end_task()
@@ -244,14 +242,3 @@ def _metrics(model: TrainedModel, rows: int, held: Evaluation, curve: list[dict[
         "executor": {"name": "ray" if isinstance(executor, RayExecutor) else "local",
                      "workers": executor.workers, "partitions": n_parts},
     }
-
-
-def _incremental(matrix: list[list[float | None]], after_each: list[float], tasks: list[Any]) -> dict[str, Any]:
-    return {"tasks": tasks, "accuracy_matrix": matrix, **continual_metrics(matrix),
-            "accuracy_after_each_task": after_each,
-            "average_incremental_accuracy": sum(after_each) / len(after_each),
-            "final_accuracy": after_each[-1]}
-
-
-def _nan_none(x: float) -> float | None:
-    return None if math.isnan(x) else x

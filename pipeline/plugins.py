@@ -156,26 +156,35 @@ class TaskEvaluation(Plugin):
     def after_task(self, loop: TrainingLoop, task: int) -> None:
         if self.test is None:
             return
-        seen = loop.seen_classes(task)
-        ev = evaluate_head(loop.head, self.test, seen)
-        row: list[float | None] = [None] * len(loop.tasks)
-        for j in range(task + 1):
-            row[j] = _none_if_nan(ev.accuracy_on(set(loop.tasks[j])))
+        row, accuracy = evaluate_task(loop.head, self.test, loop.tasks, task, loop.log)
         loop.state.matrix.append(row)
-        loop.state.incremental_accuracy.append(ev.accuracy)
-        loop.log(f"task {task + 1}/{len(loop.tasks)} ({', '.join(loop.tasks[task])}): accuracy on the "
-                 f"{len(seen)} classes seen {fmt(ev.accuracy)}")
+        loop.state.incremental_accuracy.append(accuracy)
 
     def after_training(self, loop: TrainingLoop, metrics: dict[str, Any]) -> None:
-        s = loop.state
-        metrics.update({"tasks": loop.tasks, "accuracy_matrix": s.matrix})
-        if s.matrix:
-            metrics.update(continual_metrics(s.matrix))
-            metrics["accuracy_after_each_task"] = s.incremental_accuracy
-            metrics["average_incremental_accuracy"] = float(np.mean(s.incremental_accuracy))
-            metrics["final_accuracy"] = s.incremental_accuracy[-1]
-        else:
-            metrics["final_accuracy"] = None
+        metrics.update(incremental_metrics(loop.tasks, loop.state.matrix, loop.state.incremental_accuracy))
+
+
+def evaluate_task(head: Head, test: FeatureStream, tasks: list[list[str]], task: int,
+                  log: Callable[[str], None]) -> tuple[list[float | None], float]:
+    """After ``task``: accuracy on each task so far (a row of the accuracy matrix) and on all classes seen."""
+    seen = {c for past in tasks[: task + 1] for c in past}
+    ev = evaluate_head(head, test, seen)
+    row: list[float | None] = [None] * len(tasks)
+    for j in range(task + 1):
+        row[j] = _none_if_nan(ev.accuracy_on(set(tasks[j])))
+    log(f"task {task + 1}/{len(tasks)} ({', '.join(tasks[task])}): accuracy on the "
+        f"{len(seen)} classes seen {fmt(ev.accuracy)}")
+    return row, ev.accuracy
+
+
+def incremental_metrics(tasks: list[list[str]], matrix: list[list[float | None]],
+                        after_each: list[float]) -> dict[str, Any]:
+    """The class-incremental figures of a run from its accuracy matrix and its accuracy after each task."""
+    metrics: dict[str, Any] = {"tasks": tasks, "accuracy_matrix": matrix}
+    if not matrix:
+        return {**metrics, "final_accuracy": None}
+    return {**metrics, **continual_metrics(matrix), "accuracy_after_each_task": after_each,
+            "average_incremental_accuracy": float(np.mean(after_each)), "final_accuracy": after_each[-1]}
 
 
 class JointReference(Plugin):

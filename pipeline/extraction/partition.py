@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.backbones import Backbone, BackboneConfig, backbone_for
 from pipeline.errors import StoreError
 from pipeline.extraction.plan import Partition
-from pipeline.images import ImageSource, try_decode
+from pipeline.images import ImageSource
 from pipeline.store import WRITE_ERRORS, StoreWriter, atomic_path
 
 T = TypeVar("T")
