@@ -26,10 +26,10 @@ from pipeline.errors import ExecutorError
 from pipeline.evaluate import Evaluation
 from pipeline.heads import make_head
 from pipeline.heads.base import Head
-from pipeline.models import TrainedModel, save_model
+from pipeline.models import TrainedModel
 from pipeline.plugins import evaluate_task, incremental_metrics
 from pipeline.stream import FeatureStream
-from pipeline.train import TrainOptions, check_model_fits, evaluate_head
+from pipeline.train import TrainOptions, check_model_fits, checked_save, evaluate_head
 
 R = TypeVar("R")
 EXECUTORS = ("local", "ray")
@@ -221,7 +221,7 @@ def train_parallel(model: TrainedModel, train_stream: FeatureStream, test_stream
     model.history.extend(curve)
     model.progress = None
     if opts.model_out is not None:
-        save_model(model, opts.model_out)
+        checked_save(model, opts.model_out)
     return metrics
 
 
