@@ -13,6 +13,7 @@ is decided before anything can import TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import platform
@@ -166,6 +167,9 @@ def compiled_forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     if name == "jax":
         import jax
 
+        if jax.default_backend() == "cpu":
+            use_fast_cpu_convolutions(model)
+
         @jax.jit
         def run(trainable: list[Any], non_trainable: list[Any], x: Any) -> Any:
             return model.stateless_call(trainable, non_trainable, x, training=False)[0]
@@ -184,6 +188,53 @@ def compiled_forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
 
         return forward_torch
     return model.predict_on_batch
+
+
+def use_fast_cpu_convolutions(model: Any) -> int:
+    """Run the model's depthwise and 1x1 convolutions the way XLA's CPU backend runs them fast.
+
+    For JAX on a CPU only (see :mod:`pipeline.jax_kernels`: XLA's own
+    depthwise convolution is about 10x slower, its 1x1 convolution about 1.8x
+    slower than the same sums written out). Each channels-last 2-D
+    ``DepthwiseConv2D`` and ungrouped 1x1 ``Conv2D`` of ``model`` gets a call
+    computing the same function from the same variables (bias and activation
+    included), so features agree to float32 rounding. Returns the number of
+    layers changed.
+    """
+    from pipeline import jax_kernels
+
+    k = keras()
+    changed = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if getattr(layer, "data_format", None) != "channels_last" or getattr(layer, "rank", None) != 2:
+            continue
+        if isinstance(layer, k.layers.DepthwiseConv2D):
+            conv: Callable[[Any, Any], Any] = functools.partial(
+                _depthwise, jax_kernels.depthwise_conv2d, layer)
+        elif (type(layer) is k.layers.Conv2D and layer.kernel_size == (1, 1) and layer.groups == 1
+              and layer.dilation_rate == (1, 1)):
+            conv = functools.partial(_pointwise, jax_kernels.pointwise_conv2d, layer)
+        else:
+            continue
+        layer.call = functools.partial(_conv_call, layer, conv)
+        changed += 1
+    return changed
+
+
+def _depthwise(kernel_fn: Callable[..., Any], layer: Any, x: Any, kernel: Any) -> Any:
+    return kernel_fn(x, kernel, strides=layer.strides, padding=layer.padding, dilation=layer.dilation_rate)
+
+
+def _pointwise(kernel_fn: Callable[..., Any], layer: Any, x: Any, kernel: Any) -> Any:
+    return kernel_fn(x, kernel, strides=layer.strides)
+
+
+def _conv_call(layer: Any, conv: Callable[[Any, Any], Any], inputs: Any) -> Any:
+    """Keras' convolution layer ``call`` (convolution, bias, activation) with another convolution."""
+    out = conv(inputs, layer.kernel.value)
+    if layer.use_bias:
+        out = out + layer.bias.value.astype(out.dtype)
+    return layer.activation(out) if layer.activation is not None else out
 
 
 # -- gradients for trainable heads ---------------------------------------------
