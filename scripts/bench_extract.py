@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 DEFAULT_SOURCE = ROOT / ".." / "shared" / "data" / "dogs-vs-cats" / "train"
 VARIANTS = {
     "tf-default": {"KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"},

@@ -156,7 +156,8 @@ def decode_stream(fh: BinaryIO, size: tuple[int, int], *, max_pixels: int = DEFA
         with _BUDGET.hold(w * h, max_pixels):
             img.seek(0)
             img.load()
-            shown = to_rgb(ImageOps.exif_transpose(img))
+            ImageOps.exif_transpose(img, in_place=True)  # a copy otherwise: 0.45 ms of a 3.2 ms decode
+            shown = to_rgb(img)
             return np.asarray(shown.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
