@@ -10,6 +10,7 @@ embedded in the same batch as locally), and yields the predictions in order.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from pipeline.backbones import Backbone, BackboneConfig, backbone_for, backbone_from_info
 from pipeline.errors import SourceError
 from pipeline.extraction.partition import embed_decoded, read_batches
-from pipeline.images import IMAGE_EXTENSIONS, try_decode
+from pipeline.images import IMAGE_EXTENSIONS, scan_folder, try_decode
 from pipeline.models import TrainedModel
 
 
@@ -33,12 +34,19 @@ class Prediction:
 
 
 def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and image files found recursively in folders (sorted)."""
+    """Files as given, and visible image files found recursively in folders (sorted).
+
+    Folders are walked like ``extract-features`` walks them (hidden entries
+    left out, links to folders not followed). A named entry that is not a
+    regular file (a FIFO, a device) is kept: its prediction carries the reason
+    it was not decoded, and it is never opened.
+    """
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
-        elif item.is_file():
+            entries, _ = scan_folder(item)
+            found.extend(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+        elif os.path.lexists(item):
             found.append(item)
         else:
             raise SourceError(f"{item} does not exist")
