@@ -20,7 +20,8 @@ import numpy as np
 
 from pipeline.backbones import Backbone, BackboneConfig, backbone_for, backbone_from_info
 from pipeline.errors import SourceError
-from pipeline.extraction.partition import embed_decoded, read_batches
+from pipeline.extraction.decoding import read_batches
+from pipeline.extraction.partition import embed_decoded
 from pipeline.images import IMAGE_EXTENSIONS, scan_folder, try_decode
 from pipeline.models import TrainedModel
 

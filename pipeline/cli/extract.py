@@ -57,6 +57,9 @@ Examples:
 @click.option("--workers", type=WorkersType(), default="auto", show_default=True,
               help="local: decoding threads, or auto (every core but one with a GPU; enough to feed the model on "
                    "a CPU). ray: model workers (actors); auto = one per GPU, else one per 2 CPUs.")
+@click.option("--decode", type=click.Choice(["auto", "threads", "processes"]), default="auto", show_default=True,
+              help="local: decode in threads or processes; auto = processes from 4 decoders on (threads queue on "
+                   "Python's GIL at a few thousand images/s).")
 @click.option("--checkpoint-rows", type=click.IntRange(1), default=256, show_default=True,
               help="Rows per resumable shard: an interrupted run redoes at most this many.")
 @click.option("--overwrite", is_flag=True,
@@ -69,7 +72,7 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
                          backbone: str, weights: str, alpha: float | None,
                          image_size: int | None, pooling: str, model_path: Path | None, layer: str | None,
                          batch_size: int, precision: str, mixed_precision: bool, dtype: str, compression: str | None, seed: int,
-                         no_shuffle: bool, executor: str, workers: int | str, checkpoint_rows: int, overwrite: bool, no_merge: bool,
+                         no_shuffle: bool, executor: str, workers: int | str, decode: str, checkpoint_rows: int, overwrite: bool, no_merge: bool,
                          quiet: bool) -> None:
     """Embed the images of SOURCE with a pre-trained CNN into a chunked HDF5 store.
 
@@ -113,7 +116,7 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
         click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout{done_before})",
                    err=True)
     res = extract_features(listed, out, config, seed=seed, shuffle=not no_shuffle, batch_size=batch_size,
-                           dtype=dtype, compression=compression, executor=make_executor(executor, workers),
+                           dtype=dtype, compression=compression, executor=make_executor(executor, workers, decode),
                            checkpoint_rows=checkpoint_rows, overwrite=overwrite, merge=not no_merge, progress=not quiet)
     if quiet:
         return

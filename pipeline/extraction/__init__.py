@@ -59,6 +59,7 @@ def extract_features(
     dtype: str = "float32",
     compression: str | None = None,
     workers: int = 2,
+    decode: str = "auto",
     checkpoint_rows: int = 256,
     overwrite: bool = False,
     merge: bool = True,
@@ -68,13 +69,14 @@ def extract_features(
     """Embed every image of ``source`` into the store ``out`` (resumable; see the module docstring).
 
     ``backbone`` is a recipe (:class:`BackboneConfig`) or a built backbone (reused in
-    this process). ``workers`` is the number of decoding threads of the default
-    :class:`LocalExecutor`. ``merge=False`` leaves ``OUT.parts/`` as the store.
+    this process). ``workers`` is the number of decoders of the default
+    :class:`LocalExecutor`, ``decode`` whether they are ``threads``, ``processes``
+    or ``auto`` (:mod:`pipeline.extraction.decoding`). ``merge=False`` leaves ``OUT.parts/`` as the store.
     An executor that is a context manager (:class:`RayExecutor`) is entered for the run.
     """
     out = Path(out)
     config = as_config(backbone)
-    executor = executor or LocalExecutor(decode_threads=workers)
+    executor = executor or LocalExecutor(decode_threads=workers, decode=decode)
     result = ExtractResult(out=out, files=len(source.paths), merged=merge)
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out), contextlib.ExitStack() as stack:

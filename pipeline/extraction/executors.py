@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from pipeline.backbones import BackboneConfig, backbone_for
 from pipeline.errors import ExecutorError
+from pipeline.extraction.decoding import uses_processes
 from pipeline.extraction.partition import PartitionJob, PartitionResult, run_partition, run_partitions
 from pipeline.extraction.plan import Partition
 
@@ -44,18 +45,25 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """One process: decode threads ahead of the model, partitions in order, shard writes behind it."""
+    """One process: decoders ahead of the model, partitions in order, shard writes behind it.
+
+    ``decode``: ``threads``, ``processes`` or ``auto`` (processes from
+    :data:`~pipeline.extraction.decoding.PROCESS_DECODE_MIN` decoders on).
+    """
 
     name = "local"
 
-    def __init__(self, decode_threads: int = 2):
+    def __init__(self, decode_threads: int = 2, decode: str = "auto"):
         self.decode_threads = decode_threads
+        self.decode_processes = uses_processes(decode, decode_threads)
+        self.description = f"local, {decode_threads} decode {'processes' if self.decode_processes else 'threads'}"
 
     def backbone_info(self, config: BackboneConfig) -> dict[str, Any]:
         return backbone_for(config).info
 
     def run(self, job: PartitionJob, parts: Sequence[Partition], on_images: OnImages) -> Iterator[PartitionResult]:
-        yield from run_partitions(job, parts, decode_threads=self.decode_threads, on_images=on_images)
+        yield from run_partitions(job, parts, decode_threads=self.decode_threads,
+                                  decode_processes=self.decode_processes, on_images=on_images)
 
 
 class PartitionWorker:
@@ -135,12 +143,12 @@ class RayExecutor:
         return self.pool
 
 
-def make_executor(name: str, workers: int | None = None) -> Executor:
-    """``local`` (``workers`` decode threads, default 2) or ``ray`` (``workers`` actors)."""
+def make_executor(name: str, workers: int | None = None, decode: str = "auto") -> Executor:
+    """``local`` (``workers`` decoders, default 2, as ``decode`` says) or ``ray`` (``workers`` actors)."""
     if name == "ray":
         return RayExecutor(workers)
     if name == "local":
-        return LocalExecutor(decode_threads=workers or 2)
+        return LocalExecutor(decode_threads=workers or 2, decode=decode)
     raise ExecutorError(f"unknown executor {name!r}: expected local or ray")
 
 

@@ -1,31 +1,28 @@
-"""One partition: decode (threads, ahead of the model) -> embed -> write one shard atomically.
+"""One partition: decode (threads or processes, ahead of the model) -> embed -> write one shard atomically.
 
 The worker builds its backbone from the picklable :class:`BackboneConfig` in
 the job (once per process, :func:`backbone_for`), never receives a live model,
 so any executor can ship a :class:`PartitionJob` and a :class:`Partition` to
-another process or machine. :func:`read_batches` and :func:`embed_decoded` are
-the reader -> mapper path that ``predict`` uses too.
+another process or machine. :func:`~pipeline.extraction.decoding.read_batches` and :func:`embed_decoded`
+are the reader -> mapper path that ``predict`` uses too.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from pipeline.backbones import Backbone, BackboneConfig, backbone_for
 from pipeline.errors import StoreError
+from pipeline.extraction.decoding import decoded_batches
 from pipeline.extraction.plan import Partition
 from pipeline.images import ImageSource
 from pipeline.store import WRITE_ERRORS, StoreWriter, atomic_path
-
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class PartitionJob:
@@ -59,34 +56,6 @@ class _Rows:
     labels: list[np.ndarray] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def read_batches(pool: Executor, batches: Iterable[Sequence[T]], decode: Callable[[T], np.ndarray | str],
-                 ahead: int = 3) -> Iterator[list[np.ndarray | str]]:
-    """Decode batches of items in ``pool``, ``ahead`` batches in advance; yield them in order.
-
-    ``decode`` gives pixels or the reason an item is skipped, and never raises
-    for a bad file (:meth:`ImageSource.decode`, :func:`pipeline.images.try_decode`).
-    """
-    source = iter(batches)
-    pending: deque[list[Future]] = deque()
-
-    def submit() -> None:
-        files = next(source, None)
-        if files is not None:
-            pending.append([pool.submit(decode, f) for f in files])
-
-    try:
-        for _ in range(ahead):
-            submit()
-        while pending:
-            futures = pending.popleft()
-            submit()
-            yield [f.result() for f in futures]
-    finally:
-        for futures in pending:
-            for f in futures:
-                f.cancel()
 
 
 def embed_decoded(backbone: Backbone, decoded: Sequence[np.ndarray | str],
@@ -124,8 +93,12 @@ def _batches(job: PartitionJob, parts: Sequence[Partition]) -> list[tuple[Partit
 
 
 def run_partitions(job: PartitionJob, parts: Sequence[Partition], *, decode_threads: int = 2,
+                   decode_processes: bool = False,
                    on_images: Callable[[int], None] | None = None) -> Iterator[PartitionResult]:
     """Run ``parts`` in order in this process; decoding runs ahead across partition boundaries.
+
+    ``decode_threads`` decoders (processes with ``decode_processes``, see
+    :mod:`pipeline.extraction.decoding`) run ahead of the model.
 
     Yields each partition's result once its shard is on disk. Shard writes run
     in one writer thread (one at a time) behind the model; a failed write ends
@@ -147,8 +120,8 @@ def run_partitions(job: PartitionJob, parts: Sequence[Partition], *, decode_thre
         done.write_s = future.result()  # raises the writer's error
         return done
 
-    with ThreadPoolExecutor(decode_threads) as pool, ThreadPoolExecutor(1) as writer:
-        reader = read_batches(pool, items, lambda i: job.source.decode(i, size))
+    with decoded_batches(job.source, items, size, decode_threads, decode_processes) as reader, \
+            ThreadPoolExecutor(1) as writer:
         for part, b0, b1 in batches:
             if rows is None or rows.part != part:
                 rows, result = _Rows(part), PartitionResult(part, device=str(backbone.info.get("device", "")))
@@ -176,7 +149,8 @@ def run_partitions(job: PartitionJob, parts: Sequence[Partition], *, decode_thre
             yield collect()
 
 
-def run_partition(job: PartitionJob, part: Partition, *, decode_threads: int = 2) -> PartitionResult:
+def run_partition(job: PartitionJob, part: Partition, *, decode_threads: int = 2,
+                  decode_processes: bool = False) -> PartitionResult:
     """Run one partition start to finish in this process: the unit a distributed executor maps."""
-    results = list(run_partitions(job, [part], decode_threads=decode_threads))
+    results = list(run_partitions(job, [part], decode_threads=decode_threads, decode_processes=decode_processes))
     return results[0]
