@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
-from jax import lax
+# jax is imported inside the functions: collecting this module (doctests) must not start JAX's thread pools
+# in a process that forks later.
 
 
 def _pads(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
@@ -53,6 +53,9 @@ def depthwise_conv2d(x: Any, kernel: Any, *, strides: tuple[int, int], padding: 
     Output channel ``c * multiplier + m`` is channel ``c`` convolved with
     ``kernel[:, :, c, m]`` (Keras' and TensorFlow's order).
     """
+    import jax.numpy as jnp
+    from jax import lax
+
     kh, kw, channels, multiplier = kernel.shape
     if multiplier > 1:
         x = jnp.repeat(x, multiplier, axis=-1)
@@ -84,6 +87,8 @@ def pointwise_conv2d(x: Any, kernel: Any, *, strides: tuple[int, int]) -> Any:
     >>> pointwise_conv2d(x, k, strides=(2, 2)).shape
     (1, 2, 2, 3)
     """
+    import jax.numpy as jnp
+
     if strides != (1, 1):
         x = x[:, ::strides[0], ::strides[1], :]
     return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0].astype(x.dtype))

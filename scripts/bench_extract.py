@@ -10,9 +10,10 @@ favouring one side. Per backbone and variant:
   e2e  = img/s of ``extract_features`` reading, decoding, embedding, writing
          (with ``--e2e``)
 
-and, once, the decode rate of the input side (PIL decode + resize, img/s per
-thread with 1 and with all threads), so you can tell how many decode threads
-the model needs. Variants:
+and, once, the decode rate of the input side (PIL decode + resize, img/s
+with 1 thread, every core as threads and every core as processes,
+``--decode``), so you can tell how many decoders the model needs and whether
+threads queue on the GIL. Variants:
 
   tf-default  TensorFlow, TF_ENABLE_ONEDNN_OPTS=0 (TensorFlow's default on AMD / older Intel CPUs)
   tf          TensorFlow with the pipeline's default kernels (oneDNN on x86)
@@ -32,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,20 +57,22 @@ def subset_source(src: Path, n: int, folder: Path) -> Path:
 
 
 def decode_rates(source: Path, size: int = 224) -> dict[str, float]:
-    """img/s of decode_image with 1 thread and with every core, per thread."""
-    from pipeline.images import decode_image
+    """img/s of the extraction's decoders: 1 thread, every core as threads, every core as processes."""
+    from pipeline.extraction.decoding import decoded_batches
+    from pipeline.images import list_images
     from pipeline.workers import available_cpus
 
-    files = sorted(source.glob("*.jpg"))
+    listed = list_images(source)
+    batches = [list(range(i, min(i + 32, len(listed.paths)))) for i in range(0, len(listed.paths), 32)]
     out = {}
-    for threads in sorted({1, available_cpus()}):
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda f: decode_image(f, (size, size)), files[:16]))
+    cpus = available_cpus()
+    for name, workers, processes in [("1_thread", 1, False), (f"{cpus}_threads", cpus, False),
+                                     (f"{cpus}_processes", cpus, True)]:
+        with decoded_batches(listed, batches, (size, size), workers, processes) as reader:
+            next(reader)  # start-up (processes: spawn and import) is not timed
             t0 = time.perf_counter()
-            list(pool.map(lambda f: decode_image(f, (size, size)), files))
-            rate = len(files) / (time.perf_counter() - t0)
-        out[f"{threads}_threads_images_per_s"] = rate
-        out[f"{threads}_threads_per_thread"] = rate / threads
+            n = sum(len(batch) for batch in reader)
+            out[f"{name}_images_per_s"] = n / (time.perf_counter() - t0)
     return out
 
 
