@@ -80,7 +80,8 @@ class PartitionWorker:
         return backbone_for(config).info
 
     def run(self, job: PartitionJob, part: Partition) -> PartitionResult:
-        return run_partition(job, part, decode_threads=self.decode_threads)
+        return run_partition(job, part, decode_threads=self.decode_threads,
+                             decode_processes=uses_processes("auto", self.decode_threads))
 
 
 class RayExecutor:
