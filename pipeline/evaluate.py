@@ -30,7 +30,7 @@ class Evaluation:
         self.rows = 0
         self.unseen: Counter[Hashable] = Counter()
 
-    def update(self, y_true: Sequence[Hashable], proba: np.ndarray, classes: Sequence[Hashable]) -> None:
+    def update(self, y_true: Sequence[Hashable] | np.ndarray, proba: np.ndarray, classes: Sequence[Hashable]) -> None:
         y_true = list(y_true)
         if not y_true:
             return

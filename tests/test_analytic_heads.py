@@ -108,6 +108,21 @@ def test_merge_equals_training_on_both(name):
     assert merged.rows_seen_ == 500
 
 
+@pytest.mark.parametrize("name", ["slda", "ridge"])
+def test_merging_a_model_that_learnt_nothing_changes_nothing(name):
+    # used to fail with AttributeError: the empty model's statistics are None
+    X, y = data(300)
+    test = data(100, seed=5)[0]
+    fitted = make_head(name).partial_fit(X, y)
+    expected = fitted.predict_proba(test)
+    assert fitted.merge(make_head(name)) is fitted
+    np.testing.assert_array_equal(fitted.predict_proba(test), expected)
+    empty = make_head(name).merge(make_head(name))
+    assert empty.rows_seen_ == 0 and empty.classes_ == []
+    filled = make_head(name).merge(fitted)
+    np.testing.assert_allclose(filled.predict_proba(test), expected, rtol=1e-6, atol=1e-9)
+
+
 def test_random_features_are_seeded_and_kept():
     X, y = data(300)
     a = RidgeHead(random_features=64, seed=3).partial_fit(X, y)

@@ -16,6 +16,8 @@ from pipeline.errors import HeadError
 from pipeline.heads.registry import Capabilities, Option
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from pipeline.plugins import Plugin
 
 
@@ -125,6 +127,10 @@ class Head:
 
     def end_task(self) -> None:
         """Called after each task (class-incremental) and at the end of training."""
+
+    def merge(self, other: Self) -> Self:
+        """Fold in a model of the same kind trained on other rows (heads whose ``mergeable`` is True)."""
+        raise HeadError(f"{self.name} models cannot be merged exactly")
 
     def plugins(self) -> list["Plugin"]:
         """Extra training-loop plug-ins this head needs (a method's Fisher, memory, ...)."""

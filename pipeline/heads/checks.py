@@ -116,7 +116,8 @@ def check_chunk_size_does_not_change_the_result(factory: Factory) -> None:
     a.partial_fit(X, y)
     for s in range(0, 400, 37):
         b.partial_fit(X[s:s + 37], y[s:s + 37])
-    a.end_task(), b.end_task()
+    a.end_task()
+    b.end_task()
     np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-6, atol=1e-9)
 
 
@@ -124,7 +125,8 @@ def check_row_order_does_not_change_the_result(factory: Factory) -> None:
     X, y = blobs(400)
     perm = np.random.default_rng(3).permutation(len(X))
     a, b = factory().partial_fit(X, y), factory().partial_fit(X[perm], y[perm])
-    a.end_task(), b.end_task()
+    a.end_task()
+    b.end_task()
     test = blobs(100, seed=4)[0]
     np.testing.assert_array_equal(a.predict(test), b.predict(test))
 

@@ -70,11 +70,11 @@ class ClassPools:
         self.pools: dict[Hashable, _Reservoir] = {}
         self._rngs: dict[Hashable, np.random.Generator] = {}
 
-    def add(self, X: np.ndarray, y: Sequence[Hashable], paths: Sequence[str] | None = None) -> None:
+    def add(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray, paths: Sequence[str] | None = None) -> None:
         paths = list(paths) if paths is not None else [""] * len(X)
-        y = np.asarray(y, dtype=object)
-        for label in dict.fromkeys(y.tolist()):
-            idx = np.flatnonzero(y == label)
+        labels = np.asarray(y, dtype=object)
+        for label in dict.fromkeys(labels.tolist()):
+            idx = np.flatnonzero(labels == label)
             pool = self.pools.get(label)
             if pool is None:
                 pool = self.pools[label] = _Reservoir(np.empty((self.size, X.shape[1]), np.float32), [])

@@ -24,7 +24,7 @@ the pooled within-class spread ``s^2`` (same ranking as the nearest mean).
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from pipeline.errors import HeadError
 from pipeline.heads.base import Head, softmax_rows
 from pipeline.heads.exemplars import ClassPools, ExemplarMemory, l2_normalise
 from pipeline.heads.registry import Capabilities, Option, register
+
+if TYPE_CHECKING:
+    from typing import Self
 
 MEMORY_OPTION = Option("memory", int, 2000, "exemplar budget in rows, all classes together", low=1, high=10**9)
 POOL_OPTION = Option("pool_size", int, 1000, "candidates kept per class for herding (reservoir sample)",
@@ -65,7 +68,7 @@ class NMEHead(Head):
         self._means: np.ndarray | None = None
 
     @property
-    def mergeable(self) -> bool:  # type: ignore[override]
+    def mergeable(self) -> bool:
         """Exact class means are sums over rows, so models of disjoint rows merge exactly."""
         return self.class_means == "exact"
 
@@ -78,10 +81,16 @@ class NMEHead(Head):
         self.sums_ = np.vstack([self.sums_, np.zeros((1, d))])
         self.counts_ = np.append(self.counts_, 0)
 
+    def _sums(self) -> np.ndarray:
+        """``sums_``, which exists once a class was seen."""
+        if self.sums_ is None:
+            raise HeadError(f"{self.name} has not learnt anything yet: call partial_fit first")
+        return self.sums_
+
     def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
         ks = self._class_indices(y)
         Z = l2_normalise(X)
-        np.add.at(self.sums_, ks, Z)
+        np.add.at(self._sums(), ks, Z)
         self.counts_ += np.bincount(ks, minlength=len(self.classes_))
         self.pools_.add(X, y, paths)
         self._means = None
@@ -102,17 +111,18 @@ class NMEHead(Head):
             k = int(self._class_indices([y[r]])[0])
             if k == len(means):
                 means = np.vstack([means, np.zeros(X.shape[1])])
-            self.sums_[k] += Z[r]
+            sums = self._sums()  # a new class replaced the array
+            sums[k] += Z[r]
             self.counts_[k] += 1
             if k not in exemplar_based:
-                norm = np.linalg.norm(self.sums_[k])
-                means[k] = self.sums_[k] / norm if norm > 0 else 0.0
+                norm = np.linalg.norm(sums[k])
+                means[k] = sums[k] / norm if norm > 0 else 0.0
         self.pools_.add(X, y, paths)
         self.rows_seen_ += len(X)
         self._means = None
         return preds
 
-    def merge(self, other: "NMEHead") -> "NMEHead":
+    def merge(self, other: Self) -> Self:
         """Fold in a model trained on other rows (``class_means="exact"`` only).
 
         The class sums and counts add, so the means, the spread and every
@@ -129,13 +139,14 @@ class NMEHead(Head):
         elif other.n_features_in_ != self.n_features_in_:
             raise HeadError(f"cannot merge models of {self.n_features_in_} and {other.n_features_in_} features")
         ks = self._class_indices(other.classes_)
-        self.sums_[ks] += other.sums_
+        sums = self._sums()
+        sums[ks] += other._sums()
         self.counts_[ks] += other.counts_
         self.rows_seen_ += other.rows_seen_
         self.pools_.merge(other.pools_)
         if other.memory_.size:
             self.memory_.update({c: (s.X, s.paths) for c, s in other.memory_.sets.items()},
-                                {c: self.sums_[k] / max(1, self.counts_[k]) for k, c in enumerate(self.classes_)})
+                                {c: sums[k] / max(1, self.counts_[k]) for k, c in enumerate(self.classes_)})
         self._means = None
         return self
 
@@ -143,14 +154,15 @@ class NMEHead(Head):
         """Herd exemplars for the classes that streamed since the last call."""
         if not len(self.pools_):
             return
-        targets = {c: self.sums_[k] / max(1, self.counts_[k]) for k, c in enumerate(self.classes_)}
+        sums = self._sums()
+        targets = {c: sums[k] / max(1, self.counts_[k]) for k, c in enumerate(self.classes_)}
         self.memory_.update(self.pools_.take(), targets)
         self._means = None
 
     def class_means_(self) -> np.ndarray:
         """Normalised class means, (classes, d); classes without exemplars yet use their exact mean."""
         if self._means is None:
-            means = self.sums_ / np.maximum(self.counts_, 1)[:, None]
+            means = self._sums() / np.maximum(self.counts_, 1)[:, None]
             if self.class_means == "exemplar":
                 for k, c in enumerate(self.classes_):
                     s = self.memory_.sets.get(c)
@@ -162,9 +174,10 @@ class NMEHead(Head):
     def _spread(self) -> float:
         """Pooled within-class variance per dimension of the normalised rows: E|z - m|^2 / d."""
         n = self.counts_.sum()
-        raw_means = self.sums_ / np.maximum(self.counts_, 1)[:, None]
+        sums = self._sums()
+        raw_means = sums / np.maximum(self.counts_, 1)[:, None]
         within = n - float((self.counts_ * np.einsum("ij,ij->i", raw_means, raw_means)).sum())
-        return max(within / max(n, 1), 1e-6) / max(1, self.sums_.shape[1])
+        return max(within / max(n, 1), 1e-6) / max(1, sums.shape[1])
 
     def _distances(self, X: np.ndarray) -> np.ndarray:
         Z = l2_normalise(X)

@@ -72,10 +72,12 @@ class OnlineLinearModel:
         self.intercept_lr = float(lr if intercept_lr is None else intercept_lr)
         self.beta_1, self.beta_2, self.eps, self.clip = beta_1, beta_2, eps, clip_gradient
         self.n_classes = 0
-        self.dim: int | None = None
-        self.W = self.b = self.t = self.M = self.V = None  # type: ignore[assignment]
+        self.dim: int | None = None  # the arrays below are sized by _init on the first rows
+        self.W, self.b, self.t = np.zeros((0, 0)), np.zeros(0), np.zeros(0, np.int64)
+        self.M: np.ndarray | None = None  # Adam's moments, like W
+        self.V: np.ndarray | None = None
         self.count = 0
-        self.mean = self.var = self.std = None  # type: ignore[assignment]
+        self.mean, self.var, self.std = np.zeros(0), np.zeros(0), np.zeros(0)
 
     # -- state -----------------------------------------------------------------
     def _init(self, dim: int) -> None:
@@ -88,12 +90,19 @@ class OnlineLinearModel:
         self.mean, self.var = np.zeros(dim), np.zeros(dim)
         self.std = np.full(dim, np.inf)
 
-    def _append_rows(self, W: np.ndarray, b: np.ndarray, t: np.ndarray, M: np.ndarray | None, V: np.ndarray | None) -> None:
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Adam's ``(M, V)``, which exist from ``_init`` on."""
+        if self.M is None or self.V is None:
+            raise HeadError(f"the {self.optimizer} optimizer keeps no Adam moments")
+        return self.M, self.V
+
+    def _append_rows(self, W: np.ndarray, b: np.ndarray, t: np.ndarray, M: np.ndarray, V: np.ndarray) -> None:
         self.W = np.vstack([self.W, W])
         self.b = np.concatenate([self.b, b])
         self.t = np.concatenate([self.t, t])
         if self.optimizer == "adam":
-            self.M, self.V = np.vstack([self.M, M]), np.vstack([self.V, V])
+            old_M, old_V = self._moments()
+            self.M, self.V = np.vstack([old_M, M]), np.vstack([old_V, V])
 
     @property
     def binary(self) -> bool:
@@ -101,14 +110,14 @@ class OnlineLinearModel:
 
     def add_class(self) -> None:
         """A new class at index ``n_classes``: a new weight row (softmax, one-vs-rest)."""
-        d = self.dim
-        zeros = np.zeros((1, d))
+        zeros = np.zeros((1, self.W.shape[1]))
         if self.kind == "logreg" and self.n_classes == 2:
             # binary -> one-vs-rest: the first class's classifier mirrors the binary one
             w, b, t = self.W[0], self.b[0], self.t[0]
             self.W, self.b, self.t = np.stack([-w, w]), np.array([-b, b]), np.array([t, t])
             if self.optimizer == "adam":
-                self.M, self.V = np.stack([-self.M[0], self.M[0]]), np.stack([self.V[0], self.V[0]])
+                M, V = self._moments()
+                self.M, self.V = np.stack([-M[0], M[0]]), np.stack([V[0], V[0]])
         if not (self.kind == "logreg" and self.n_classes == 1):  # binary keeps a single row
             self._append_rows(zeros, np.zeros(1), np.zeros(1, np.int64), zeros, zeros)
         self.n_classes += 1
@@ -174,7 +183,7 @@ class OnlineLinearModel:
         for r in range(len(X)):
             x = X[r]
             k = int(ks[r])
-            if predict and self.n_classes:
+            if preds is not None and self.n_classes:  # predict=True
                 z = (x - self.mean) / self.std if self.scale else x
                 raw = self.W @ z + self.b
                 if softmax or not self.binary:
@@ -182,8 +191,8 @@ class OnlineLinearModel:
                 elif self.n_classes == 1:
                     preds[r] = 0
                 else:
-                    p = 1.0 / (1.0 + math.exp(-raw[0])) if -30 <= raw[0] <= 30 else float(raw[0] > 30)
-                    preds[r] = int(p > 1.0 - p)
+                    p1 = 1.0 / (1.0 + math.exp(-raw[0])) if -30 <= raw[0] <= 30 else float(raw[0] > 30)
+                    preds[r] = int(p1 > 1.0 - p1)
             if self.scale:  # River's pipeline: the scaler learns the row, then transforms it
                 self._learn_scaler(x)
                 z = (x - self.mean) / self.std
@@ -245,11 +254,12 @@ class OnlineLinearModel:
         else:
             t = self.t + 1
             rate = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-            self.M *= b1
-            self.M += (1 - b1) * G
-            self.V *= b2
-            self.V += (1 - b2) * np.square(G)
-            self.W -= rate[:, None] * self.M / (np.sqrt(self.V) + eps)
+            M, V = self._moments()
+            M *= b1
+            M += (1 - b1) * G
+            V *= b2
+            V += (1 - b2) * np.square(G)
+            self.W -= rate[:, None] * M / (np.sqrt(V) + eps)
         self.t += 1
 
     def fit_batch(self, X: np.ndarray, ks: np.ndarray) -> None:

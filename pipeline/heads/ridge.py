@@ -24,7 +24,7 @@ Probabilities are the one-hot regression scores clipped at 0 and normalised.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
@@ -32,6 +32,9 @@ from scipy.linalg import cho_factor, cho_solve
 from pipeline.errors import HeadError
 from pipeline.heads.registry import Capabilities, Option, register
 from pipeline.heads.statistics_head import StatisticsHead
+
+if TYPE_CHECKING:
+    from typing import Self
 
 LAMBDA_GRID = np.logspace(-6, 3, 46)  # multiples of the mean eigenvalue of the Gram matrix
 
@@ -73,7 +76,7 @@ class RidgeHead(StatisticsHead):
         return self.random_features or self.n_features_in_ or 0
 
     def _targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        st = self.stats_
+        st = self._fitted_stats()
         mu = st.grand_mean()
         gram = st.total_scatter()
         xty = ((st.means_ - mu) * st.counts_[:, None]).T  # (D, C) = Xc^T Yc
@@ -81,7 +84,7 @@ class RidgeHead(StatisticsHead):
 
     def gcv_lambda(self) -> tuple[float, dict[str, list[float]]]:
         """Lambda minimising generalised cross-validation, and the curve it came from."""
-        st = self.stats_
+        st = self._fitted_stats()
         gram, xty, _ = self._targets()
         d, Q = np.linalg.eigh(gram)
         d = np.maximum(d, 0.0)
@@ -98,7 +101,7 @@ class RidgeHead(StatisticsHead):
         return float(grid[best]), {"lambda": grid.tolist(), "gcv": scores}
 
     def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
-        st = self.stats_
+        st = self._fitted_stats()
         gram, xty, mu = self._targets()
         lam = self.gcv_lambda()[0] if self.ridge_lambda == "auto" else float(self.ridge_lambda)
         A = gram.copy()
@@ -119,7 +122,7 @@ class RidgeHead(StatisticsHead):
         total = scores.sum(axis=1, keepdims=True)
         return np.divide(scores, total, out=np.full_like(scores, 1.0 / scores.shape[1]), where=total > 0)
 
-    def merge(self, other: "RidgeHead") -> "RidgeHead":  # type: ignore[override]
+    def merge(self, other: Self) -> Self:
         """Fold in a model trained on other rows (same random projection): equals training on both."""
         if self.random_features is not None and other.projection_ is not None:
             if self.projection_ is None:

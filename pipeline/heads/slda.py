@@ -59,7 +59,7 @@ class SLDAHead(StatisticsHead):
 
     def covariance_(self) -> tuple[np.ndarray, float]:
         """The shrunk shared covariance and the shrinkage used."""
-        st = self.stats_
+        st = self._fitted_stats()
         cov = st.within_scatter() / max(st.n, 1)
         s = oas_shrinkage(cov, st.n) if self.shrinkage == "auto" else float(self.shrinkage)
         mu = np.trace(cov) / cov.shape[0]
@@ -71,7 +71,7 @@ class SLDAHead(StatisticsHead):
 
     def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
         cov, s = self.covariance_()
-        st = self.stats_
+        st = self._fitted_stats()
         try:
             coef = cho_solve(cho_factor(cov, lower=True, check_finite=False), st.means_.T, check_finite=False).T
         except np.linalg.LinAlgError:

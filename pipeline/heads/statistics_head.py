@@ -7,13 +7,16 @@ Subclasses say how to turn the statistics into ``(coef, intercept, setting)``
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from typing import TYPE_CHECKING, Hashable, Sequence
 
 import numpy as np
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
 from pipeline.heads.class_stats import ClassStatistics
+
+if TYPE_CHECKING:
+    from typing import Self
 
 
 class StatisticsHead(Head):
@@ -48,9 +51,15 @@ class StatisticsHead(Head):
             self.stats_ = ClassStatistics(self._stats_dim())
         self.stats_.add_class()
 
+    def _fitted_stats(self) -> ClassStatistics:
+        """The statistics, which exist once a class was seen."""
+        if self.stats_ is None:
+            raise HeadError(f"{self.name} has not learnt anything yet: call partial_fit first")
+        return self.stats_
+
     def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
         ks = self._class_indices(y)
-        self.stats_.update(self._features(X), ks)
+        self._fitted_stats().update(self._features(X), ks)
         self._cache = None
 
     # -- prediction --------------------------------------------------------------
@@ -86,11 +95,11 @@ class StatisticsHead(Head):
             if not self.classes_:
                 stop = min(len(X), start + self.first_block)
             else:
-                p = self._progressive
-                if p is None or self.stats_.n >= self.progressive_refresh * p[2] or len(self.classes_) != p[3]:
+                p, n = self._progressive, self._fitted_stats().n
+                if p is None or n >= self.progressive_refresh * p[2] or len(self.classes_) != p[3]:
                     coef, intercept, _ = self._coefficients()
-                    p = self._progressive = (coef, intercept, self.stats_.n, len(self.classes_))
-                stop = min(len(X), start + max(1, int(np.ceil(self.progressive_refresh * p[2])) - self.stats_.n))
+                    p = self._progressive = (coef, intercept, n, len(self.classes_))
+                stop = min(len(X), start + max(1, int(np.ceil(self.progressive_refresh * p[2])) - n))
                 scores = np.asarray(self._features(X[start:stop]), np.float64) @ p[0].T + p[1]
                 preds[start:stop] = np.array(self.classes_[: p[3]], dtype=object)[np.argmax(scores, axis=1)]
             self.partial_fit(X[start:stop], y[start:stop], None if paths is None else paths[start:stop])
@@ -98,7 +107,7 @@ class StatisticsHead(Head):
         return preds
 
     # -- merging -----------------------------------------------------------------
-    def _check_mergeable(self, other: "StatisticsHead") -> None:
+    def _check_mergeable(self, other: StatisticsHead) -> None:
         if type(self) is not type(other):
             raise HeadError(f"cannot merge a {other.name} model into a {self.name} model")
         if self.settings() != other.settings():
@@ -106,13 +115,15 @@ class StatisticsHead(Head):
         if None not in (self.n_features_in_, other.n_features_in_) and self.n_features_in_ != other.n_features_in_:
             raise HeadError(f"cannot merge models of {self.n_features_in_} and {other.n_features_in_} features")
 
-    def merge(self, other: "StatisticsHead") -> "StatisticsHead":
+    def merge(self, other: Self) -> Self:
         """Fold in a model trained on other rows: the result equals training on both."""
         self._check_mergeable(other)
         if self.n_features_in_ is None:
             self.n_features_in_ = other.n_features_in_
+        if other.stats_ is None:  # the other model learnt nothing
+            return self
         mapping = self._class_indices(other.classes_)
-        self.stats_.merge(other.stats_, mapping)
+        self._fitted_stats().merge(other.stats_, mapping)
         self.rows_seen_ += other.rows_seen_
         self._cache = None
         return self
