@@ -85,7 +85,7 @@ class Backbone:
         self._preprocess = preprocess
         self.info = info
         self.name: str = info["backbone"]
-        self.input_size: tuple[int, int] = tuple(info["input_size"])  # type: ignore[assignment]
+        self.input_size: tuple[int, int] = tuple(info["input_size"])
         self.feature_dim: int = int(info["feature_dim"])
         self.config: BackboneConfig | None = None  # the recipe it was built from, when known
 

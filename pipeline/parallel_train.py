@@ -89,7 +89,7 @@ class Partition:
 
 def plan_partitions(stores: Sequence[tuple[str, int]], rows_per_part: int) -> list[Partition]:
     """Cut each store into near-equal ranges of at most ``rows_per_part`` rows, in stream order."""
-    parts = []
+    parts: list[Partition] = []
     for path, n in stores:
         k = max(1, math.ceil(n / max(1, rows_per_part)))
         bounds = [i * n // k for i in range(k + 1)]
@@ -190,11 +190,11 @@ def train_parallel(model: TrainedModel, train_stream: FeatureStream, test_stream
     parts = plan_partitions(sizes, per_part)
     log(f"{len(parts)} partitions of up to {per_part} rows on {executor.workers} worker(s)")
     incremental = opts.tasks is not None
-    tasks = opts.tasks or [None]
+    tasks = opts.tasks or []
     head, matrix, after_each = model.head, [], []
     t0 = time.perf_counter()
     rows = 0
-    for t, task in enumerate(tasks):
+    for t, task in enumerate(tasks or [None]):  # None: one pass over every class
         desc = f"train {model.head_name}" + (f" task {t + 1}/{len(tasks)}" if incremental else "")
         head, learnt = fit_mergeable(spec, StreamSpec.of(train_stream, task), executor, parts, head,
                                      opts.epochs, desc)

@@ -64,7 +64,7 @@ def is_allowed(cls: type) -> bool:
     return cls.__qualname__ in ALLOWED_CLASSES.get(cls.__module__, ())
 
 
-def allowed_class(name: str) -> type:
+def allowed_class(name: str) -> type[object]:
     """The class a stored name refers to, if it is in the allow-list (importing only this package)."""
     module, _, qualname = name.rpartition(".")
     if qualname not in ALLOWED_CLASSES.get(module, ()):

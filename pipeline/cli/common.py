@@ -42,7 +42,7 @@ def _show_warnings() -> None:
     def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         click.echo(f"warning: {message}", err=True)
 
-    warnings.showwarning = show  # type: ignore[assignment]
+    warnings.showwarning = show
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

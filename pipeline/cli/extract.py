@@ -93,10 +93,11 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
         warnings.warn("--mixed-precision is deprecated; use --precision float16 (or auto: float16 on a GPU)",
                       stacklevel=1)
         precision = "float16"
+    n_workers: int | None
     if executor == "local":
-        workers = resolve_workers(workers, device())
+        n_workers = resolve_workers(workers, device())
     else:  # actors: the cluster's shape decides (the driver does not look at its own device)
-        workers = None if workers == "auto" else int(workers)
+        n_workers = None if workers == "auto" else int(workers)
     listed = list_images(source, layout, label_key=label_key)
     excluded = 0
     if exclude:
@@ -116,7 +117,7 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
         click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout{done_before})",
                    err=True)
     res = extract_features(listed, out, config, seed=seed, shuffle=not no_shuffle, batch_size=batch_size,
-                           dtype=dtype, compression=compression, executor=make_executor(executor, workers, decode),
+                           dtype=dtype, compression=compression, executor=make_executor(executor, n_workers, decode),
                            checkpoint_rows=checkpoint_rows, overwrite=overwrite, merge=not no_merge, progress=not quiet)
     if quiet:
         return

@@ -72,8 +72,7 @@ class MLPHead(Head):
                  pool_size: int = 1000, ewc_lambda: float = 1e5, gamma: float = 1.0, temperature: float = 2.0,
                  distill_weight: float = 1.0):
         super().__init__()
-        self.hidden = (int(hidden),) if np.isscalar(hidden) else tuple(int(h) for h in hidden)
-        self.hidden = tuple(h for h in self.hidden if h > 0)
+        self.hidden = tuple(h for h in (int(h) for h in np.atleast_1d(hidden)) if h > 0)
         if batch_size < 1 or chunk_passes < 1 or lr <= 0:
             raise HeadError(f"mlp: batch_size and chunk_passes must be >= 1 and lr > 0, "
                             f"got {batch_size}, {chunk_passes}, {lr}")
@@ -146,15 +145,23 @@ class MLPHead(Head):
         if self.params_ is not None:
             self._grow()
 
+    def _network(self) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+        """``(params_, adam_)``, which exist once a row was learnt."""
+        if self.params_ is None or self.adam_ is None:
+            raise HeadError(f"{self.name} has not learnt anything yet: call partial_fit first")
+        return self.params_, self.adam_
+
     def _grow(self) -> None:
         n_out = len(self.classes_)
         if self.params_ is None:
+            assert self.n_features_in_ is not None, "the network is built once the feature count is known"
             rng = np.random.default_rng([self.seed, 1])
             self.params_ = init_params(self.n_features_in_, self.hidden, n_out, rng)
             self.adam_ = [[np.zeros_like(p) for p in self.params_] for _ in range(2)]
         elif self.params_[-1].shape[0] < n_out:
-            self.params_ = grow_output(self.params_, n_out)
-            self.adam_ = [pad_like(moments, self.params_) for moments in self.adam_]
+            params, adam = self._network()
+            self.params_ = grow_output(params, n_out)
+            self.adam_ = [pad_like(moments, self.params_) for moments in adam]
         self.cache_.clear()
 
     # -- hooks ------------------------------------------------------------------------
@@ -188,7 +195,8 @@ class MLPHead(Head):
         self.calls_ += 1
         idx, w = self._schedule(len(Z), rng)
         run = self._compiled_step()
-        params, m, v = (runtime.to_tensor(a) for a in (self.params_, *self.adam_))
+        weights, adam = self._network()
+        params, m, v = (runtime.to_tensor(a) for a in (weights, *adam))
         consts = runtime.to_tensor(self.method.consts(self))
         t = np.float32(self.steps_)
         for g in range(0, len(idx), GROUP):
@@ -263,11 +271,11 @@ class MLPHead(Head):
     def logits(self, X: np.ndarray) -> np.ndarray:
         """The network's output scores, (n, classes)."""
         self._check_fitted()
-        return forward(self.params_, self.standardise(self._check_X(X)))[1]
+        return forward(self._network()[0], self.standardise(self._check_X(X)))[1]
 
     def embedding(self, X: np.ndarray) -> np.ndarray:
         """The last hidden layer's output (the standardised input when ``hidden=0``)."""
-        return forward(self.params_, self.standardise(self._check_X(X)))[0]
+        return forward(self._network()[0], self.standardise(self._check_X(X)))[0]
 
     def to_keras(self) -> Any:
         """The network (standardisation excluded) as a Keras model with these weights, for export."""

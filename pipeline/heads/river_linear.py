@@ -86,7 +86,7 @@ class RiverLinearHead(Head):
             self.model_ = self._pipeline(self._classifier())
         if self.kind == "logreg" and len(self.classes_) == 3 and self._binary:
             binary = self._final
-            ovr = multiclass.OneVsRestClassifier(self._classifier())
+            ovr: Any = multiclass.OneVsRestClassifier(self._classifier())  # River types labels bool | str | int
             ovr.classifiers[self.classes_[0]] = _mirror(binary)
             ovr.classifiers[self.classes_[1]] = binary
             steps = list(self.model_.steps.values())
@@ -143,7 +143,7 @@ class RiverLinearHead(Head):
             if len(self.classes_) == 1:
                 return self.classes_[0]
             return self.classes_[1] if proba.get(True, 0.0) > proba.get(False, 0.0) else self.classes_[0]
-        return max(proba, key=proba.get) if proba else None
+        return max(proba, key=proba.__getitem__) if proba else None
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
         out = np.zeros((len(X), len(self.classes_)))
@@ -221,10 +221,11 @@ class _FastRiverClassifier(base.Classifier):
         model.add_class()
         self._head.classes_ = [False, True]
 
-    def predict_proba_one(self, x: dict) -> dict[Hashable, float]:
+    # River's annotations say labels are bool | str | int; River and these classes take any hashable.
+    def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[Hashable, float]:  # type: ignore[override]
         return self.predict_proba_row(self._row(x)) if self._head.classes_ else {}
 
-    def predict_one(self, x: dict, **kwargs: Any) -> Hashable | None:
+    def predict_one(self, x: dict, **kwargs: Any) -> Hashable | None:  # type: ignore[override]
         if not self._head.classes_:
             return False if self._kind == "logreg" else None  # River's binary model says False untrained
         return self._head.predict(self._row(x))[0]

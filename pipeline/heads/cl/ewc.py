@@ -76,7 +76,7 @@ class EWC(Method):
         self.tasks_ += 1
 
     def consts(self, head: Any) -> dict[str, Any]:
-        if self.fisher_ is None:
+        if self.fisher_ is None or self.anchor_ is None:  # both are set after the first task
             return {}
         return {"fisher": pad_like(self.fisher_, head.params_), "anchor": pad_like(self.anchor_, head.params_)}
 

@@ -63,8 +63,8 @@ class ICaRL(MemoryMethod):
     def class_means(self, head: Any) -> np.ndarray | None:
         """Normalised exemplar means in the current embedding, (classes, width); None until every class has exemplars."""
         if "means" not in head.cache_:
-            sets = [self.memory_.sets.get(c) for c in head.classes_]
-            if any(s is None or not len(s.paths) for s in sets):
+            sets = [s for s in map(self.memory_.sets.get, head.classes_) if s is not None and len(s.paths)]
+            if len(sets) < len(head.classes_):
                 return None
             head.cache_["means"] = l2_normalise(np.stack([self.embed(head, s.X).mean(axis=0) for s in sets]))
         return head.cache_["means"]

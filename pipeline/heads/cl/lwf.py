@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import HeadError
 from pipeline.heads.cl.base import Method
 from pipeline.heads.cl.net import cross_entropy, forward, softmax, weighted_mean
 
@@ -39,6 +40,8 @@ class LwF(Method):
 
     def targets(self, Z: np.ndarray) -> np.ndarray:
         """The frozen head's softened distribution over the old classes (what the live head must match)."""
+        if self.old_params_ is None:
+            raise HeadError("lwf has no frozen head before the first task ends")
         _, logits = forward(self.old_params_, Z)
         return softmax(logits / self.temperature)
 
