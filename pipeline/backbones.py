@@ -15,7 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.errors import BackboneError
-from pipeline.keras_runtime import compiled_forward, kernels, precision_scope
+from pipeline.keras_runtime import (compiled_forward, image_format_scope, kernels, native_image_format,
+                                    precision_scope)
 from pipeline.keras_runtime import device as _device
 from pipeline.keras_runtime import keras as _keras
 from pipeline.precision import resolve_precision
@@ -79,9 +80,10 @@ class Backbone:
     ``info`` (the metadata a store or a model records about it).
     """
 
-    def __init__(self, model: Any, preprocess: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]):
+    def __init__(self, model: Any, preprocess: Callable[[np.ndarray], np.ndarray], info: dict[str, Any],
+                 channels_first: bool = False):
         self.model = model
-        self._forward = compiled_forward(model)
+        self._forward = compiled_forward(model, channels_first)
         self._preprocess = preprocess
         self.info = info
         self.name: str = info["backbone"]
@@ -160,22 +162,24 @@ def build_backbone(
     size = image_size or spec.input_size
     keras = _keras()
     precision = resolve_precision(precision, name, _device())
+    image_format = native_image_format()
     kwargs: dict[str, Any] = {
         "include_top": False,
         "weights": None if weights == "none" else weights,
-        "input_shape": (size, size, 3),
+        "input_shape": (size, size, 3) if image_format == "channels_last" else (3, size, size),
         "pooling": None if pooling == "none" else pooling,
     }
     if alpha is not None:
         kwargs["alpha"] = alpha
     try:
-        with precision_scope(precision), warnings.catch_warnings():
+        with precision_scope(precision), image_format_scope(image_format), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras warns once per mismatched layer before it raises
             model = getattr(keras.applications, spec.constructor)(**kwargs)
+            if pooling == "none":  # Flatten built channels-first flattens in channels-last order, like TensorFlow
+                model = _pool(keras, model, "none")
     except (ValueError, OSError) as exc:
         raise BackboneError(_build_failure(name, weights, alpha, size, exc)) from None
     if pooling == "none":
-        model = _pool(keras, model, "none")
         warnings.warn(
             f"--pooling none keeps the flattened feature map: {int(np.prod(model.output.shape[1:]))} "
             "values per image, far larger than pooled features", stacklevel=2)
@@ -194,7 +198,7 @@ def build_backbone(
         "device": _device(),
         **kernels(),
     }
-    backbone = Backbone(model, preprocess, info)
+    backbone = Backbone(model, preprocess, info, channels_first=image_format == "channels_first")
     backbone.config = BackboneConfig(name, weights, alpha, image_size, pooling, precision)
     return backbone
 

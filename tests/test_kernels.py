@@ -25,19 +25,20 @@ import json, sys
 import numpy as np
 from pipeline.backbones import build_backbone
 from pipeline.images import decode_image
-weights, out, precision, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-bb = build_backbone("mobilenet", weights, alpha=0.25, image_size=128, precision=precision)
+weights, out, precision, pooling, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+bb = build_backbone("mobilenet", weights, alpha=0.25, image_size=128, precision=precision, pooling=pooling)
 x = np.stack([decode_image(f, bb.input_size) for f in files])
 np.save(out, bb.embed(x, batch_size=8))
 print(json.dumps({k: bb.info[k] for k in ("backend", "kernels", "onednn_env", "precision")}))
 """
 
 
-def embed_in_process(tmp_path: Path, env: dict[str, str], precision: str = "float32") -> tuple[np.ndarray, dict]:
+def embed_in_process(tmp_path: Path, env: dict[str, str], precision: str = "float32",
+                     pooling: str = "avg") -> tuple[np.ndarray, dict]:
     out = tmp_path / f"features-{len(list(tmp_path.iterdir()))}.npy"
     full_env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")}
     full_env.update({"PYTHONPATH": str(ROOT), **env})
-    proc = subprocess.run([sys.executable, "-c", EMBED, str(WEIGHTS_025), str(out), precision,
+    proc = subprocess.run([sys.executable, "-c", EMBED, str(WEIGHTS_025), str(out), precision, pooling,
                            *[str(DVC / p) for p in PHOTOS]],
                           env=full_env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -85,6 +86,18 @@ def test_other_backends_give_tensorflows_features(tmp_path, tf_reference, backen
     ref, _ = tf_reference
     got, info = embed_in_process(tmp_path, {"KERAS_BACKEND": backend})
     assert info["backend"] == backend and info["kernels"] == {"jax": "xla"}.get(backend, backend)
+    assert cosines(ref, got).min() >= 0.999
+
+
+@requires_shared
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_unpooled_feature_maps_flatten_in_tensorflows_order(tmp_path, backend):
+    """torch builds backbones channels-first: ``--pooling none`` must still give TensorFlow's (h, w, c) order."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (pip install -e '.[{backend}]')")
+    ref, _ = embed_in_process(tmp_path, {}, pooling="none")
+    got, _ = embed_in_process(tmp_path, {"KERAS_BACKEND": backend}, pooling="none")
+    assert got.shape == ref.shape == (len(PHOTOS), 4 * 4 * 256)
     assert cosines(ref, got).min() >= 0.999
 
 
