@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -186,7 +187,6 @@ def make_tasks(classes: list[str], increment: int | None = None, spec: str | Non
 
 
 def _no_duplicates(names: list[str], option: str) -> None:
-    seen: set[str] = set()
-    twice = sorted({c for c in names if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
+    twice = sorted(c for c, n in Counter(names).items() if n > 1)
     if twice:
         raise OptionError(f"{option} lists {', '.join(twice)} more than once")

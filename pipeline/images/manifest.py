@@ -133,7 +133,7 @@ def list_manifest(manifest: Path, root: Path | None = None, encoding: str | None
     if errors:
         _fail(manifest, errors)
     ordered = sorted(seen)
-    labels = [None if seen[p][1] is None else record_path(seen[p][1]) for p in ordered]  # type: ignore[arg-type]
+    labels = [None if (given := seen[p][1]) is None else record_path(given) for p in ordered]
     problems = {i: r for i, p in enumerate(ordered) if (r := file_problem(root / p)) is not None}
     classes = sorted({lab for lab in labels if lab is not None})
     return ImageSource(root, "csv", [record_path(p) for p in ordered], labels, classes, notes, problems)
