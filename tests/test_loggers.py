@@ -146,7 +146,8 @@ def test_a_logged_run_imports_no_tensorflow(tmp_path):
             f"r = CliRunner().invoke(main, ['train-incremental', {str(store)!r}, '--holdout', '0.3', '-q', "
             f"'--eval-every', '50', '--log-dir', {str(tmp_path / 'logs')!r}]); "
             "assert r.exit_code == 0, r.output; "
-            "print(sorted(m for m in ('tensorflow', 'keras', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")  # tensorboardX imports torch
+    # itself when torch is installed (tensorboardX/writer.py); the promise is no TensorFlow or Keras
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
