@@ -138,7 +138,17 @@ POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixe
 
 
 @contextlib.contextmanager
-def precision_scope(precision: str) -> Iterator[None]:
+def _global_setting(get: Callable[[], Any], set_: Callable[[Any], None], value: Any) -> Iterator[None]:
+    """Set one of Keras' global settings for the block; the previous value is restored after."""
+    previous = get()
+    set_(value)
+    try:
+        yield
+    finally:
+        set_(previous)
+
+
+def precision_scope(precision: str) -> contextlib.AbstractContextManager[None]:
     """Build models under ``precision`` (variables stay float32); the global policy is restored after.
 
     Layers keep the policy they were built with, so only model construction
@@ -146,13 +156,8 @@ def precision_scope(precision: str) -> Iterator[None]:
     """
     if precision not in POLICIES:
         raise BackboneError(f"unknown precision {precision!r}; expected one of {', '.join(POLICIES)}")
-    k = keras()
-    previous = k.mixed_precision.global_policy()
-    k.mixed_precision.set_global_policy(POLICIES[precision])
-    try:
-        yield
-    finally:
-        k.mixed_precision.set_global_policy(previous)
+    policy = keras().mixed_precision
+    return _global_setting(policy.global_policy, policy.set_global_policy, POLICIES[precision])
 
 
 def native_image_format() -> str:
@@ -166,20 +171,14 @@ def native_image_format() -> str:
     return "channels_first" if backend() == "torch" else "channels_last"
 
 
-@contextlib.contextmanager
-def image_format_scope(image_format: str) -> Iterator[None]:
+def image_format_scope(image_format: str) -> contextlib.AbstractContextManager[None]:
     """Build models in ``image_format``; Keras' global setting is restored after.
 
     Restored before any preprocessing runs: ``preprocess_input`` reads the
     global setting to find the channel axis of the channels-last batches it gets.
     """
-    k = keras()
-    previous = k.config.image_data_format()
-    k.config.set_image_data_format(image_format)
-    try:
-        yield
-    finally:
-        k.config.set_image_data_format(previous)
+    config = keras().config
+    return _global_setting(config.image_data_format, config.set_image_data_format, image_format)
 
 
 def compiled_forward(model: Any, channels_first: bool = False) -> Callable[[np.ndarray], np.ndarray]:
@@ -191,6 +190,13 @@ def compiled_forward(model: Any, channels_first: bool = False) -> Callable[[np.n
     input shape. Torch: the model called under ``torch.inference_mode()``.
     ``channels_first``: the model takes NCHW; the NHWC batches are transposed once.
     """
+    forward = _backend_forward(model)
+    if channels_first:
+        return lambda x: forward(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return forward
+
+
+def _backend_forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     name = backend()
     if name == "jax":
         import jax
@@ -211,14 +217,10 @@ def compiled_forward(model: Any, channels_first: bool = False) -> Callable[[np.n
         import torch
 
         def forward_torch(x: np.ndarray) -> np.ndarray:
-            if channels_first:
-                x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
             with torch.inference_mode():
                 return keras().ops.convert_to_numpy(model(x, training=False))
 
         return forward_torch
-    if channels_first:
-        return lambda x: model.predict_on_batch(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     return model.predict_on_batch
 
 
@@ -339,13 +341,9 @@ def allow_memory_growth() -> None:
     Call before any model is built (a Ray actor does so first thing): with one
     GPU per actor, the decode threads and the model share the card with nothing
     else, but a co-located process (another actor, a notebook) still fits.
+    Importing Keras through :func:`keras` turns it on too; this also covers a
+    process where Keras was imported before (TensorFlow only; a GPU the user
+    initialised already keeps its setting).
     """
-    if backend() != "tensorflow":
-        return
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised in this process: keep its setting
-            pass
+    if backend() == "tensorflow":
+        _grow_gpu_memory()
