@@ -32,7 +32,8 @@ MODEL_VERSION = 2
 # What predict needs to rebuild the backbone, on top of IDENTITY_KEYS.
 BACKBONE_KEYS = (*IDENTITY_KEYS, "layer", "keras_version", "backend", "precision")
 # Heads holding third-party estimators that only pickle can store (loaded only when trusted).
-PICKLED_HEADS = ("pipeline.heads.river_linear.RiverLinearHead",)
+PICKLED_HEADS = ("pipeline.heads.river_engine.RiverLinearHead",
+                 "pipeline.heads.river_linear.RiverLinearHead")  # its module until 7790fdb
 HEAD_PICKLE = "head.pickle"
 NOT_A_MODEL = {"empty": "is empty", "hdf5": "is an HDF5 file (a feature store?), not a model file",
                "unknown": "is not a model file saved by train-incremental"}
