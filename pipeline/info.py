@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ModelFileError, PipelineError, StoreError
+from pipeline.identity import SHOWN_KEYS
 from pipeline.models import load_model
 from pipeline.store import FeatureStore, open_store
 from pipeline.store_parts import MANIFEST, SHARD_GLOB, parts_folder, read_manifest
@@ -26,7 +27,7 @@ from pipeline.store_protocol import Store
 
 LABEL_CHUNK = 1 << 20  # labels read per step when counting classes (4 MiB of int32)
 SHOW_SKIPPED = 5
-IDENTITY_FIELDS = ("backbone", "weights", "alpha", "input_size", "preprocessing", "pooling", "layer")
+IDENTITY_FIELDS = SHOWN_KEYS  # pipeline.identity
 PROVENANCE_FIELDS = ("backend", "device", "keras_version", "source_root", "layout", "compression", "format_version")
 
 

@@ -23,16 +23,13 @@ import numpy as np
 
 from pipeline.errors import StoreError
 from pipeline.fsutil import WRITE_ERRORS, atomic_path
-from pipeline.identity import IDENTITY_KEYS
+from pipeline.identity import IDENTITY_KEYS, REQUIRED_KEYS, identity_of
 from pipeline.store_parts import find_parts, open_parts
 from pipeline.store_protocol import Rows, Store
 
 FORMAT_NAME = "incremental-pipeline-features"
 FORMAT_VERSION = 1
-REQUIRED_ATTRS = (
-    "format", "format_version", "backbone", "weights", "input_size", "preprocessing",
-    "pooling", "feature_dim", "dtype", "classes", "rows_done", "complete",
-)
+REQUIRED_ATTRS = ("format", "format_version", *REQUIRED_KEYS, "dtype", "classes", "rows_done", "complete")
 STR = h5py.string_dtype("utf-8")
 _CACHE_BYTES = 64 << 20  # compressed appends are ~10x slower with h5py's 1 MiB default
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "IDENTITY_KEYS", "WRITE_ERRORS", "Chunk", "FeatureStore", "Rows",
@@ -187,7 +184,7 @@ class FeatureStore:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {key: self.meta.get(key, "") for key in IDENTITY_KEYS}
+        return identity_of(self.meta)
 
     def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.n_rows if stop is None else min(stop, self.n_rows)

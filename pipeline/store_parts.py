@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.errors import StoreError
 from pipeline.fsutil import WRITE_ERRORS, atomic_path
-from pipeline.identity import IDENTITY_KEYS
+from pipeline.identity import identity_of
 from pipeline.store_protocol import Rows, Store
 
 MANIFEST = "manifest.json"
@@ -32,7 +32,13 @@ PARTS_VERSION = 1
 
 
 def parts_folder(out: Path) -> Path:
+    """Where the shards of an extraction to ``out`` go: ``OUT.parts``."""
     return out.with_name(out.name + ".parts")
+
+
+def shard_name(file_start: int) -> str:
+    """The file name of the shard whose first file is ``file_start`` in processing order."""
+    return f"shard-{file_start:09d}.h5"
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -89,7 +95,7 @@ class PartsStore:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {key: self.meta.get(key, "") for key in IDENTITY_KEYS}
+        return identity_of(self.meta)
 
     def _shard(self, k: int) -> Store:
         if self._open is None or self._open[0] != k:

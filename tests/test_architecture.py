@@ -103,3 +103,29 @@ def test_graph_sees_the_package():
 def test_no_import_cycle():
     cycle = find_cycle(_strip_package_parents(import_graph()))
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_backbone_identity_is_listed_in_one_module_only():
+    """``pipeline.identity`` owns the list of identity settings: no other module spells it out again."""
+    spelled = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "identity.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                words = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                if {"backbone", "weights", "pooling"} <= words:
+                    spelled.append(f"{_module_name(path)}:{node.lineno}")
+    assert not spelled, f"identity keys listed outside pipeline/identity.py: {spelled}"
+
+
+def test_the_parts_folder_layout_has_one_owner():
+    """Only ``pipeline.store_parts`` spells the manifest and shard file names."""
+    spelled = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "store_parts.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and node.value in ("manifest.json", "shard-*.h5"):
+                spelled.append(f"{_module_name(path)}:{node.lineno}")
+    assert not spelled, f"parts-folder names spelled outside pipeline/store_parts.py: {spelled}"
