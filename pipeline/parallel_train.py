@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
 from pipeline.errors import ExecutorError
 from pipeline.evaluate import Evaluation
-from pipeline.heads import make_head
+from pipeline.heads import head_class, make_head
+from pipeline.heads.registry import mergeable_text
 from pipeline.heads.base import Head
 from pipeline.models import TrainedModel
 from pipeline.plugins import evaluate_task, incremental_metrics
@@ -33,11 +34,6 @@ from pipeline.train import TrainOptions, check_model_fits, checked_save, evaluat
 
 R = TypeVar("R")
 EXECUTORS = ("local", "ray")
-SEQUENTIAL = {
-    "logreg": "SGD: every update starts from the weights the previous row left",
-    "softmax": "SGD: every update starts from the weights the previous row left",
-    "nme": "herding picks exemplars from the whole stream (use --class-means exact, whose means are sums)",
-}
 
 
 @dataclass(frozen=True)
@@ -151,9 +147,9 @@ def open_executor(name: str, workers: int | None = None, progress: bool = True) 
 def check_parallel(head_name: str, head: Head, opts: TrainOptions) -> None:
     """Refuse, in one line, what parallel training cannot do exactly."""
     if not getattr(head, "mergeable", False):
-        reason = SEQUENTIAL.get(head_name, "its training is sequential")
-        raise ExecutorError(f"--executor ray trains only heads whose state is a sum over rows (slda, ridge, "
-                            f"nme --class-means exact); {head_name} cannot be split across workers: {reason}")
+        reason = head_class(head_name).capabilities.sequential or "its training is sequential"
+        raise ExecutorError(f"--executor ray trains only heads whose state is a sum over rows ({mergeable_text()}); "
+                            f"{head_name} cannot be split across workers: {reason}")
     for flag, value in (("--replay", opts.replay), ("--eval-every", opts.eval_every),
                         ("--checkpoint-every", opts.checkpoint_every), ("--log-dir", opts.log_dir)):
         if value:

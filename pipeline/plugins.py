@@ -15,12 +15,11 @@ import numpy as np
 from pipeline.evaluate import Evaluation, continual_metrics
 from pipeline.heads.base import Head
 from pipeline.heads.exemplars import ExperienceReplay
-from pipeline.heads.nme import MEMORY_OPTION, POOL_OPTION
+from pipeline.heads.defaults import REPLAY_OPTIONS
 from pipeline.loop import Chunk, Plugin, TrainingLoop, fmt, ratio
 from pipeline.models import TrainedModel
 from pipeline.stream import FeatureStream
 
-REPLAY_OPTIONS = (MEMORY_OPTION, POOL_OPTION)  # --memory and --pool-size, read by --replay too
 
 
 def evaluate_head(head: Head, stream: FeatureStream | None, classes: set | None = None) -> Evaluation:

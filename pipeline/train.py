@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.errors import OptionError, TrainingError
 from pipeline.heads.base import Head
+from pipeline.heads.defaults import DEFAULT_MEMORY, DEFAULT_POOL_SIZE
 from pipeline.loggers import RunLogger
 from pipeline.loop import Plugin, RunState, TrainingLoop
 from pipeline.models import TrainedModel, save_model
@@ -40,12 +41,12 @@ class TrainOptions:
     tasks: list[list[str]] | None = None
     joint_reference: bool = True
     replay: bool = False
-    replay_memory: int = 2000
-    pool_size: int = 1000
+    replay_memory: int = DEFAULT_MEMORY
+    pool_size: int = DEFAULT_POOL_SIZE
     seed: int = 0
     progress: bool = True
     log_dir: Path | None = None        # CSV + TensorBoard logs of every evaluation point (pipeline.loggers)
-    plugins: tuple[Plugin, ...] = ()   # extra plug-ins, after the head's own
+    plugins: tuple[Plugin, ...] = ()   # extra plug-ins, after the run's own
 
 
 def key_parts(train: FeatureStream, opts: TrainOptions) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
     plugins: list[Plugin] = [HeadHooks()]
     if opts.replay:
         plugins.append(Replay(opts.replay_memory, opts.pool_size, opts.seed))
-    plugins += [*model.head.plugins(), *opts.plugins, EvaluationPoints(test_stream, opts.eval_every)]
+    plugins += [*opts.plugins, EvaluationPoints(test_stream, opts.eval_every)]
     if incremental:
         plugins.append(TaskEvaluation(test_stream))
         if opts.joint_reference and make_fresh_head is not None:
