@@ -12,11 +12,11 @@ loop over features. :class:`FastLinearHead` puts it behind the head interface.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Hashable, Sequence
 
 import numpy as np
-from scipy.linalg.blas import dger
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
@@ -24,6 +24,14 @@ from pipeline.heads.defaults import LR_DEFAULT_TEXT, default_lr
 from pipeline.heads.registry import Capabilities, Option, register
 
 _P_MIN, _P_MAX = 1e-15, 1 - 1e-15
+
+
+@functools.cache
+def _dger() -> Any:
+    """BLAS' rank-1 update, imported when a head first learns (scipy.linalg takes ~0.5 s to import)."""
+    from scipy.linalg.blas import dger
+
+    return dger
 
 
 def _sigmoid(raw: np.ndarray) -> np.ndarray:
@@ -247,7 +255,7 @@ class OnlineLinearModel:
         """SGD on every class row: W -= lr * (g z^T + l2 W), as one in-place BLAS rank-1 update."""
         if l2:
             self.W *= 1.0 - lr * l2
-        dger(-lr, z, g, a=self.W.T, overwrite_a=1)  # W.T is a Fortran-ordered view: updated in place
+        _dger()(-lr, z, g, a=self.W.T, overwrite_a=1)  # W.T is a Fortran-ordered view: updated in place
         self.t += 1
 
     def _scratch(self) -> np.ndarray:
