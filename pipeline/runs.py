@@ -23,6 +23,7 @@ from pipeline.models import TrainedModel, backbone_metadata, load_model, migrate
 from pipeline.options import check_run_options
 from pipeline.plugins import REPLAY_OPTIONS
 from pipeline.identity import check_identity
+from pipeline.metrics import add_sources
 from pipeline.stream import FeatureStream, StoreScan
 from pipeline.train import TrainOptions, check_model_fits, evaluate_head, make_tasks, train
 
@@ -102,8 +103,13 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                               "first_increment": first_increment, "orders": orders})
     if orders is not None:
         _check_orders(increment, tasks, class_order, resume, checkpoint_every)
-        args = {k: v for k, v in locals().items() if k not in ("nums", "orders", "order_seed")}  # this call's
-        return run_orders(orders, **args)
+        return run_orders(orders, stores=stores, head=head, head_options=head_options, holdout=holdout,
+                          test_stores=test_stores, eval_every=eval_every, epochs=epochs, shuffle_buffer=shuffle_buffer,
+                          chunk_rows=chunk_rows, seed=seed, metrics_out=metrics_out, plot=plot, model_out=model_out,
+                          checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete,
+                          quiet=quiet, increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint,
+                          replay=replay, first_increment=first_increment, log_dir=log_dir, executor=executor,
+                          workers=workers, trust_pickle=trust_pickle, echo=echo, out=out)
     if model_out is None and resume is not None:
         model_out = resume
     incremental = increment is not None or tasks is not None
@@ -167,9 +173,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
             check_parallel(model.head_name, model.head, opts)
             with open_executor(executor, workers, progress=not quiet) as pool:
                 metrics = train_parallel(model, train_stream, test_stream, opts, pool, log=echo)
-        metrics["stores"] = [str(p) for p in stores]
-        metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)
-        metrics["holdout_fraction"] = holdout
+        add_sources(metrics, stores, test_stores, holdout)
         if metrics_out is not None:
             write_json(metrics, metrics_out)
         if plot is not None:
