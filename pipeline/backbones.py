@@ -32,7 +32,6 @@ class BackboneSpec:
     input_size: int       # default square input side
     feature_dim: int      # pooled feature dimension at the default alpha
     has_alpha: bool = False
-    fixed_size: bool = False  # imagenet weights only exist at input_size
 
 
 REGISTRY: dict[str, BackboneSpec] = {

@@ -2,8 +2,10 @@
 
 :func:`describe` decides what a path is and returns a JSON-ready dictionary
 with a ``kind`` of ``store``, ``partial`` or ``model``; :func:`format_info`
-turns one into lines for people. Only public functions of ``pipeline.store``
-and ``pipeline.models`` are used, so either file format may change underneath.
+turns one into lines for people. Only the public interfaces of
+``pipeline.store``, ``pipeline.store_parts`` (the parts-folder layout),
+``pipeline.identity`` (what is shown as the backbone) and ``pipeline.models``
+are used, so the file formats may change underneath.
 
 >>> info = describe("train.h5")           # doctest: +SKIP
 >>> info["rows"], info["classes"][0]       # doctest: +SKIP

@@ -30,7 +30,7 @@ from pipeline.metrics import ratio, run_metrics
 from pipeline.models import TrainedModel
 from pipeline.stream import Batch, FeatureStream
 
-__all__ = ["Chunk", "LoopChunk", "Plugin", "RunState", "TaskLearner", "TrainingLoop", "fmt", "ratio"]
+__all__ = ["Chunk", "Plugin", "RunState", "TaskLearner", "TrainingLoop", "fmt", "ratio"]
 
 
 @dataclass
@@ -88,8 +88,6 @@ class Plugin:
 
     def on_interrupt(self, loop: "TrainingLoop", consistent: bool) -> None: ...
 
-
-LoopChunk = Chunk  # the loop's chunk, as opposed to the store's rows (pipeline.store_protocol.Rows)
 
 # Learns every epoch of one task at once (the task's classes; None: every class) and returns the rows
 # learnt: how a parallel executor stands in for the chunk-by-chunk learning (pipeline.parallel_train).

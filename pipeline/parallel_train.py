@@ -1,7 +1,7 @@
 """Exact parallel training of the heads whose state is a sum over rows (slda, ridge, nme exact).
 
 Stores, or row ranges of one store, are mapped to workers; each opens its
-rows itself (a :class:`StreamSpec` and a :class:`Partition`: paths and
+rows itself (a :class:`StreamSpec` and a :class:`RowRange`: paths and
 numbers, never arrays), builds a fresh head from a :class:`HeadSpec` and
 learns its rows; the partial heads are reduced in partition order with the
 heads' exact ``merge``. So the result equals one process streaming the same
@@ -67,32 +67,32 @@ class StreamSpec:
         return cls(tuple(str(p) for p in stream.paths), stream.holdout, stream.split,
                    None if classes is None else tuple(classes), stream.chunk_rows, stream.allow_incomplete)
 
-    def open(self, part: "Partition") -> FeatureStream:
+    def open(self, part: "RowRange") -> FeatureStream:
         return FeatureStream([part.path], allow_incomplete=self.allow_incomplete, chunk_rows=self.chunk_rows,
                              holdout=self.holdout, split=self.split, classes=self.classes,
                              row_range=(part.start, part.stop))
 
 
 @dataclass(frozen=True)
-class Partition:
-    """Rows ``[start, stop)`` of one store."""
+class RowRange:
+    """Rows ``[start, stop)`` of one store (a training partition; not an extraction's file range)."""
 
     path: str
     start: int
     stop: int
 
 
-def plan_partitions(stores: Sequence[tuple[str, int]], rows_per_part: int) -> list[Partition]:
+def plan_partitions(stores: Sequence[tuple[str, int]], rows_per_part: int) -> list[RowRange]:
     """Cut each store into near-equal ranges of at most ``rows_per_part`` rows, in stream order."""
-    parts: list[Partition] = []
+    parts: list[RowRange] = []
     for path, n in stores:
         k = max(1, math.ceil(n / max(1, rows_per_part)))
         bounds = [i * n // k for i in range(k + 1)]
-        parts.extend(Partition(path, a, b) for a, b in zip(bounds, bounds[1:]) if b > a)
+        parts.extend(RowRange(path, a, b) for a, b in zip(bounds, bounds[1:]) if b > a)
     return parts
 
 
-def fit_partition(head: HeadSpec, stream: StreamSpec, part: Partition, epochs: int = 1) -> Head:
+def fit_partition(head: HeadSpec, stream: StreamSpec, part: RowRange, epochs: int = 1) -> Head:
     """A worker's job: a fresh head learns the rows of one partition (run in any process)."""
     model = head.build()
     with stream.open(part) as rows:
@@ -102,7 +102,9 @@ def fit_partition(head: HeadSpec, stream: StreamSpec, part: Partition, epochs: i
     return model
 
 
-class Executor(Protocol):
+class RowMapper(Protocol):
+    """Where the partitions of a parallel training run are learnt: in this process or on Ray."""
+
     workers: int
 
     def map(self, fn: Callable[..., R], items: Sequence[tuple[Any, ...]], desc: str) -> Iterator[R]:
@@ -118,7 +120,7 @@ class InProcess:
         return (fn(*item) for item in items)
 
 
-class RayExecutor:
+class RayTasks:
     """Runs the partitions as Ray tasks, ``workers`` at a time (see :mod:`pipeline.ray_executor`)."""
 
     def __init__(self, workers: int, progress: bool = True):
@@ -131,14 +133,14 @@ class RayExecutor:
 
 
 @contextlib.contextmanager
-def open_executor(name: str, workers: int | None = None, progress: bool = True) -> Iterator[Executor]:
+def open_executor(name: str, workers: int | None = None, progress: bool = True) -> Iterator[RowMapper]:
     if name == "local":
         yield InProcess()
     elif name == "ray":
         from pipeline.ray_executor import default_workers, ray_session
 
         with ray_session() as resources:
-            yield RayExecutor(workers or default_workers(resources), progress)
+            yield RayTasks(workers or default_workers(resources), progress)
     else:
         raise ExecutorError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
 
@@ -155,7 +157,7 @@ def check_parallel(head_name: str, head: Head, opts: TrainOptions) -> None:
             raise ExecutorError(f"{flag} needs sequential training; drop it or use --executor local")
 
 
-def fit_mergeable(head: HeadSpec, stream: StreamSpec, executor: Executor, partitions: Sequence[Partition],
+def fit_mergeable(head: HeadSpec, stream: StreamSpec, executor: RowMapper, partitions: Sequence[RowRange],
                   into: Head | None = None, epochs: int = 1, desc: str = "train") -> tuple[Head, int]:
     """Learn ``partitions`` on ``executor`` and merge them, in order, into ``into`` (default: a fresh head).
 
@@ -171,7 +173,7 @@ def fit_mergeable(head: HeadSpec, stream: StreamSpec, executor: Executor, partit
 
 
 def train_parallel(model: TrainedModel, train_stream: FeatureStream, test_stream: FeatureStream | None,
-                   opts: TrainOptions, executor: Executor, log: Callable[[str], None] = lambda s: None,
+                   opts: TrainOptions, executor: RowMapper, log: Callable[[str], None] = lambda s: None,
                    rows_per_part: int | None = None) -> dict[str, Any]:
     """:func:`pipeline.train.train` for mergeable heads, with the learning of each task mapped onto ``executor``.
 
@@ -196,7 +198,13 @@ def train_parallel(model: TrainedModel, train_stream: FeatureStream, test_stream
     def fit_joint() -> Head:
         return fit_mergeable(spec, StreamSpec.of(train_stream), executor, parts, None, opts.epochs, "joint")[0]
 
-    where = {"name": "ray" if isinstance(executor, RayExecutor) else "local", "workers": executor.workers,
+    where = {"name": "ray" if isinstance(executor, RayTasks) else "local", "workers": executor.workers,
              "partitions": len(parts)}
     return train(model, train_stream, test_stream, opts, log=log, learn_task=learn_task, fit_joint=fit_joint,
                  executor=where)
+
+
+# The names before issue 18 (they clashed with the extraction's Partition, Executor and RayExecutor).
+Partition = RowRange
+Executor = RowMapper
+RayExecutor = RayTasks

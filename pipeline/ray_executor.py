@@ -1,8 +1,13 @@
 """Ray, and only here: connect to a cluster, and map a function over work items on it.
 
 The rest of the package never imports Ray; it hands this module plain,
-picklable module-level functions and arguments (store paths and row ranges,
-never arrays), so each task opens its inputs itself and any node can run it.
+picklable module-level functions and classes. Work items name their inputs
+(store paths and row ranges, image paths) so that each task opens them itself
+and any node can run it; what is shared by every item (a model, an extraction
+job) is shipped once with :meth:`WorkerPool.put`, and results (partial heads,
+predictions, shard summaries) come back through Ray's object store. This
+module holds no executor of its own: :mod:`pipeline.parallel_train` and
+:mod:`pipeline.extraction.executors` build theirs on it.
 
 - :func:`ray_session` connects to the cluster named by ``RAY_ADDRESS`` (Ray's
   own convention; ``ray start --head`` makes one) or, when it is unset, starts
@@ -136,10 +141,6 @@ class WorkerPool:
     def put(self, value: Any) -> Any:
         """Ship ``value`` to the object store once; pass the reference to many calls."""
         return _ray().put(value)
-
-    def call(self, method: str, *args: Any) -> Any:
-        """``method(*args)`` on one actor, waited for."""
-        return self.call_all(method, *args, actors=1)[0]
 
     def call_all(self, method: str, *args: Any, actors: int | None = None) -> list[Any]:
         """``method(*args)`` on every actor (or the first ``actors``) at once, waited for (e.g. to warm them up)."""

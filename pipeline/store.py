@@ -108,10 +108,6 @@ class StoreWriter:
             ds.resize(start + len(values), axis=0)
             ds[start:] = list(values)
 
-    def set_attrs(self, **attrs: Any) -> None:
-        for key, value in attrs.items():
-            self.file.attrs[key] = _to_attr(value)
-
     def __enter__(self) -> "StoreWriter":
         return self
 

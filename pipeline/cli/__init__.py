@@ -1,6 +1,8 @@
-"""Command-line interface: parse, call the library, print. No logic lives here.
+"""Command-line interface: each command parses and checks its arguments, calls the library, and prints.
 
-One module per command family; each command is registered on the ``pipeline`` group here.
+The library does the work (a command holds only argument checks and messages); heavy libraries are
+imported inside the commands, after the arguments are checked. One module per command family; each
+command is registered on the ``pipeline`` group here.
 """
 
 from pipeline.cli.common import friendly_errors, main
