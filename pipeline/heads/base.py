@@ -18,7 +18,6 @@ from pipeline.heads.registry import Capabilities, Option
 if TYPE_CHECKING:
     from typing import Self
 
-    from pipeline.plugins import Plugin
 
 
 class Head:
