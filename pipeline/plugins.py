@@ -45,6 +45,17 @@ def next_multiple(rows: int, every: int) -> int:
     return (rows // every + 1) * every if every else 0
 
 
+def next_doubling(rows: int, first: int) -> int:
+    """The next evaluation point after ``rows`` in doubling blocks: first, 2 first, 4 first, ..."""
+    point = first
+    while point <= rows:
+        point *= 2
+    return point
+
+
+AUTO_FIRST_POINT = 32  # rows: automatic points at 32, 64, 128, ... (progressive validation's doubling blocks)
+
+
 class HeadHooks(Plugin):
     """Forward the loop's events to the head's own hooks (before_task, after_chunk, end_task)."""
 
@@ -106,14 +117,23 @@ class EvaluationPoints(EveryRows):
     ``every`` rows and at the end (plus accuracy per task so far in class-incremental runs); the final
     held-out report in ``metrics["heldout"]``."""
 
-    def __init__(self, test: FeatureStream | None, every: int):
-        self.test, self.every = test, every
+    def __init__(self, test: FeatureStream | None, every: int, doubling: int = 0):
+        self.test, self.every, self.doubling = test, every, doubling
         self.next = 0
         self.last = (0, 0.0)  # (rows, learning seconds) at the previous point of this process
 
     def before_training(self, loop: TrainingLoop) -> None:
         super().before_training(loop)
+        if not self.every and self.doubling:
+            self.next = next_doubling(loop.state.rows, self.doubling)
         self.last = (loop.state.rows, loop.t_learn)
+
+    def after_chunk(self, loop: TrainingLoop, chunk: Chunk, preds: np.ndarray) -> None:
+        if self.every or not self.next:
+            super().after_chunk(loop, chunk, preds)
+        elif loop.state.rows >= self.next:
+            self.at_boundary(loop)
+            self.next = next_doubling(loop.state.rows, self.doubling)
 
     def at_boundary(self, loop: TrainingLoop) -> None:
         self.point(loop)

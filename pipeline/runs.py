@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -125,6 +126,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
             raise OptionError(f"--holdout {holdout} leaves no labelled row to learn from")
         if holdout and scan.heldout == 0:
             raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
+        _refuse_one_class(scan, model, stores)
         if test_stores:
             test_stream = open_checked(test_stores, "test stores", allow_incomplete=allow_incomplete,
                                        chunk_rows=chunk_rows)[0]
@@ -151,6 +153,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
         if task_list is not None and test_stream is None:
             raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
         opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                            auto_points=not eval_every and (plot is not None or log_dir is not None),
                             model_out=model_out, tasks=task_list, joint_reference=not no_joint, replay=replay,
                             replay_memory=replay_opts.get("memory", 2000),
                             pool_size=replay_opts.get("pool_size", 1000), seed=seed, progress=not quiet,
@@ -180,6 +183,16 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
         if test_stream is not None:
             test_stream.close()
     return metrics
+
+
+def _refuse_one_class(scan: StoreScan, model: TrainedModel | None, stores: Sequence[Path]) -> None:
+    """A classifier needs two classes: one class alone (a resumed model's included) learns nothing."""
+    classes = sorted(set(scan.class_counts) | set(model.classes if model is not None else ()))
+    if len(classes) < 2:
+        names = ", ".join(str(p) for p in stores)
+        raise OptionError(f"{names} hold{'s' if len(stores) == 1 else ''} one class only ({classes[0]!r}): a "
+                          "classifier needs at least two, so nothing was trained or saved (if that class is a "
+                          "folder such as train/, extract from the folder holding the class folders)")
 
 
 def _check_orders(increment: int | None, tasks: str | None, class_order: str | None, resume: Path | None,
@@ -325,6 +338,8 @@ def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.
         if holdout and scan.heldout == 0:
             raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
         check_model_fits(model, stream, "the stores")
+        for note in training_overlap(model, [(s.path, s.n_rows) for s in stream.stores], holdout):
+            warnings.warn(note, stacklevel=2)
         report = evaluate_head(model.head, stream).report()
     metrics = {"model": str(model_path), "stores": [str(s) for s in stores], "holdout_fraction": holdout,
                "heldout": report, **model.summary()}
@@ -337,6 +352,27 @@ def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.
     for label, r in (report.get("per_class") or {}).items():
         out(f"  {label:>20}  precision {r['precision']:.3f}  recall {r['recall']:.3f}  f1 {r['f1']:.3f}  n={r['support']}")
     return metrics
+
+
+def training_overlap(model: TrainedModel, stores: Sequence[tuple[Path, int]], holdout: float) -> list[str]:
+    """One line per evaluated store (path, rows) the model learnt from (same file, or same name and row count),
+    unless ``holdout`` picks only rows it held out (the held-out split of a fraction holds that of every smaller
+    one)."""
+    notes = []
+    for path, rows in stores:
+        resolved, name = str(Path(path).resolve()), Path(path).name
+        learnt = [r for r in model.stores if r.get("resolved") == resolved
+                  or (Path(str(r.get("path", ""))).name == name and r.get("rows") == rows)]
+        if not learnt:
+            continue
+        kept_out = min(float(r.get("holdout") or 0.0) for r in learnt)  # records before the field: trained on all
+        if holdout <= kept_out and holdout > 0:
+            continue
+        fix = (f"pass --holdout {kept_out:g} to evaluate on the rows it held out" if kept_out
+               else "evaluate on a store it did not learn from")
+        notes.append(f"the model was trained on {path}, so these rows include training rows and the accuracy is "
+                     f"optimistic (leakage); {fix}")
+    return notes
 
 
 def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None = None,
