@@ -176,22 +176,28 @@ class TaskEvaluation(Plugin):
     def after_task(self, loop: TrainingLoop, task: int) -> None:
         if self.test is None:
             return
-        row, accuracy = evaluate_task(loop.head, self.test, loop.tasks, task, loop.log)
+        row, accuracy = evaluate_task(loop.head, self.test, loop.tasks, task, loop.log, loop.state.class_accuracy)
         loop.state.matrix.append(row)
         loop.state.incremental_accuracy.append(accuracy)
 
     def after_training(self, loop: TrainingLoop, metrics: dict[str, Any]) -> None:
         metrics.update(incremental_metrics(loop.tasks, loop.state.matrix, loop.state.incremental_accuracy))
+        if loop.state.class_accuracy:
+            metrics["class_accuracy_after_each_task"] = loop.state.class_accuracy
 
 
 def evaluate_task(head: Head, test: FeatureStream, tasks: list[list[str]], task: int,
-                  log: Callable[[str], None]) -> tuple[list[float | None], float]:
-    """After ``task``: accuracy on each task so far (a row of the accuracy matrix) and on all classes seen."""
+                  log: Callable[[str], None],
+                  per_class: list[dict[str, float | None]] | None = None) -> tuple[list[float | None], float]:
+    """After ``task``: accuracy on each task so far (a row of the accuracy matrix) and on all classes seen;
+    ``per_class`` (a list) gets the accuracy on each class seen appended, as one dictionary."""
     seen = {c for past in tasks[: task + 1] for c in past}
     ev = evaluate_head(head, test, seen)
     row: list[float | None] = [None] * len(tasks)
     for j in range(task + 1):
         row[j] = _none_if_nan(ev.accuracy_on(set(tasks[j])))
+    if per_class is not None:
+        per_class.append({str(c): _none_if_nan(ev.accuracy_on({c})) for c in sorted(seen)})
     log(f"task {task + 1}/{len(tasks)} ({', '.join(tasks[task])}): accuracy on the "
         f"{len(seen)} classes seen {fmt(ev.accuracy)}")
     return row, ev.accuracy
