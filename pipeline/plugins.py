@@ -145,13 +145,13 @@ class EvaluationPoints(EveryRows):
         rows, seconds = s.rows - self.last[0], loop.t_learn - self.last[1]
         self.last = (s.rows, loop.t_learn)
         entry: dict[str, Any] = {
-            "rows_seen": s.rows, "task": min(s.task, len(loop.tasks) - 1),
+            "rows_seen": s.rows, "task": min(s.task, len(loop.tasks) - 1) + 1,  # 1-based, as logged
             "progressive_accuracy": ratio(s.progressive_correct, s.progressive_rows),
             "heldout_accuracy": held.accuracy if held is not None and held.rows else None,
             "heldout_log_loss": held.log_loss if held is not None and held.rows else None,
             "rows_per_s": rows / seconds if rows and seconds > 0 else None}
         if loop.incremental and held is not None and held.rows:
-            entry["task_accuracy"] = [_none_if_nan(held.accuracy_on(set(t))) if j <= entry["task"] else None
+            entry["task_accuracy"] = [_none_if_nan(held.accuracy_on(set(t))) if j < entry["task"] else None
                                       for j, t in enumerate(loop.tasks)]
         s.curve.append(entry)
         loop.log(f"rows {s.rows}: progressive accuracy {fmt(entry['progressive_accuracy'])}"

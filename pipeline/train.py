@@ -61,7 +61,11 @@ def run_key(train: FeatureStream, opts: TrainOptions) -> str:
 
 
 def check_model_fits(model: TrainedModel, stream: FeatureStream, what: str) -> None:
-    check_identity(model.backbone, {**stream.identity, "feature_dim": stream.feature_dim}, what)
+    """Refuse a stream whose features do not fit the model, naming the store (``what``: which stores these are;
+    every store of a stream shares the first one's backbone, checked when it is opened)."""
+    first = str(stream.paths[0])
+    name = first if len(stream.paths) == 1 else f"{first} (like the other {what.removeprefix('the ')})"
+    check_identity(model.backbone, {**stream.identity, "feature_dim": stream.feature_dim}, name)
 
 
 def changed_options(previous: dict[str, Any], now: dict[str, Any]) -> list[str]:

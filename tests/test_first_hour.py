@@ -124,3 +124,34 @@ def test_plot_or_log_dir_without_eval_every_draws_a_curve_in_doubling_blocks(tmp
     assert len((tmp_path / "logs" / "points.csv").read_text().splitlines()) == 1 + len(curve)
     r = invoke("train-incremental", store, "--holdout", "0.3", "--metrics-out", tmp_path / "plain.json", "-q")
     assert len(json.loads((tmp_path / "plain.json").read_text())["learning_curve"]) == 1  # nothing to draw: one point
+
+
+def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`pipeline evaluate ... | head -1`: the reader is gone before the output; no 'Error: Broken pipe'."""
+    import subprocess
+    import sys
+
+    classes = [f"class{i:03d}" for i in range(300)]  # one output line per class
+    store = make_blobs_store(tmp_path / "s.h5", 1500, 8, classes)
+    model = tmp_path / "m.model"
+    assert invoke("train-incremental", store, "--head", "nme", "--model-out", model, "-q").exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "evaluate", str(model), str(store)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `head -1` does once it has its line
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+def test_standalone_commands_take_dash_h():
+    from pipeline.cli import extract_features_cmd, train_incremental_cmd
+
+    for command in (extract_features_cmd, train_incremental_cmd):
+        r = CliRunner().invoke(command, ["-h"])
+        assert r.exit_code == 0 and "Usage:" in r.output, r.output
+
+
+def test_numeric_help_says_integer_without_overflow_bounds():
+    r = invoke("train-incremental", "--help")
+    assert "e+18" not in r.output and "e+09" not in r.output and "4611686018427387904" not in r.output
+    assert "an integer >= 0" in r.output

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import click
 
-from pipeline.cli.common import _show_warnings, click_option, friendly_errors, trust_pickle_option
+from pipeline.cli.common import (HELP_OPTIONS, _show_warnings, click_option, friendly_errors, note,
+                                 trust_pickle_option)
 from pipeline.heads import heads
 from pipeline.heads.registry import Option
 from pipeline.options import RUN_OPTIONS
@@ -69,7 +70,7 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
     return click_option(opt, default=opt.default, show_default=opt.default is not None, **kwargs)
 
 
-@click.command("train-incremental", epilog=TRAIN_EPILOG)
+@click.command("train-incremental", epilog=TRAIN_EPILOG, context_settings=HELP_OPTIONS)
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @head_options
 @_run("holdout")
@@ -136,4 +137,4 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                  increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint, replay=replay,
                  first_increment=first_increment, orders=orders, log_dir=log_dir,
                  executor=executor, workers=workers, trust_pickle=trust_pickle, report=report,
-                 echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)), out=click.echo)
+                 echo=(lambda s: None) if quiet else note, out=click.echo)
