@@ -87,7 +87,7 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
                    "confusion matrix goes next to it as NAME.confusion.png.")
 @click.option("--log-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Log every evaluation point to DIR/points.csv and TensorBoard event files in DIR "
-                   "(tensorboard --logdir DIR); event files need tensorboardX: "
+                   "(view them with TensorBoard: pip install tensorboard); event files need tensorboardX: "
                    "pip install 'incremental-pipeline[logging]'.")
 @click.option("--model-out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Save the trained model here (atomically).")
