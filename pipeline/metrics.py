@@ -48,9 +48,10 @@ def curve_point(rows_seen: int, task: int, progressive_accuracy: float | None, h
             "heldout_accuracy": heldout_accuracy, "heldout_log_loss": heldout_log_loss, "rows_per_s": rows_per_s}
 
 
-def store_record(path: Path, rows: int) -> dict[str, Any]:
-    """What a model records of a store it learnt from (``resolved`` tells two spellings of one path apart)."""
-    return {"path": str(path), "resolved": str(Path(path).resolve()), "rows": rows}
+def store_record(path: Path, rows: int, holdout: float) -> dict[str, Any]:
+    """What a model records of a store it learnt from (``resolved`` tells two spellings of one path apart;
+    ``holdout`` is the fraction held out of it, which evaluate's leakage check reads)."""
+    return {"path": str(path), "resolved": str(Path(path).resolve()), "rows": rows, "holdout": holdout}
 
 
 def add_sources(metrics: dict[str, Any], stores: Sequence[Path], test_stores: Sequence[Path],
