@@ -155,3 +155,15 @@ def test_numeric_help_says_integer_without_overflow_bounds():
     r = invoke("train-incremental", "--help")
     assert "e+18" not in r.output and "e+09" not in r.output and "4611686018427387904" not in r.output
     assert "an integer >= 0" in r.output
+
+
+def test_a_folder_or_a_model_given_as_a_store_is_one_line(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 60, 4, ["cat", "dog"])
+    model = tmp_path / "m.model"
+    assert invoke("train-incremental", store, "--model-out", model, "-q").exit_code == 0
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    assert_one_line_error(invoke("train-incremental", tmp_path / "photos"), "is a folder, not a feature store",
+                          "run extract-features")
+    assert_one_line_error(invoke("evaluate", model, model), "is a model file", "not a feature store")
+    r = invoke("train-incremental", tmp_path / "photos")
+    assert len(r.output.strip().splitlines()) == 1, r.output
