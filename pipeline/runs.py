@@ -22,7 +22,8 @@ from pipeline.heads.registry import readers
 from pipeline.models import TrainedModel, backbone_metadata, load_model, migrate_model, save_model
 from pipeline.options import check_run_options
 from pipeline.plugins import REPLAY_OPTIONS
-from pipeline.stream import FeatureStream, StoreScan, check_identity
+from pipeline.identity import check_identity
+from pipeline.stream import FeatureStream, StoreScan
 from pipeline.train import TrainOptions, check_model_fits, evaluate_head, make_tasks, train
 
 Echo = Callable[[str], None]

@@ -25,7 +25,8 @@ from pipeline.loop import Plugin, RunState, TrainingLoop
 from pipeline.models import TrainedModel, save_model
 from pipeline.plugins import (AUTO_FIRST_POINT, Checkpoints, EvaluationPoints, HeadHooks, JointReference, Replay,
                               TaskEvaluation, evaluate_head)
-from pipeline.stream import FeatureStream, check_identity
+from pipeline.identity import check_identity
+from pipeline.stream import FeatureStream
 
 __all__ = ["TrainOptions", "RunState", "train", "make_tasks", "evaluate_head", "check_model_fits", "run_key"]
 
