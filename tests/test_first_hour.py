@@ -167,3 +167,21 @@ def test_a_folder_or_a_model_given_as_a_store_is_one_line(tmp_path):
     assert_one_line_error(invoke("evaluate", model, model), "is a model file", "not a feature store")
     r = invoke("train-incremental", tmp_path / "photos")
     assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_log_lines_do_not_share_a_line_with_the_progress_bar(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 600, 8, ["cat", "dog"])
+    r = invoke("train-incremental", store, "--holdout", "0.3", "--plot", tmp_path / "c.png")
+    assert r.exit_code == 0, r.output
+    lines = [part for line in r.output.splitlines() for part in line.split("\r")]
+    points = [line for line in lines if ": progressive accuracy" in line]
+    assert len(points) >= 5 and all(line.strip().startswith("rows ") for line in points), r.output
+
+
+def test_a_store_from_another_backbone_is_named_in_one_line(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 60, 4, ["cat", "dog"])
+    other = make_blobs_store(tmp_path / "other.h5", 60, 4, ["cat", "dog"], backbone="resnet50")
+    model = tmp_path / "m.model"
+    assert invoke("train-incremental", store, "--model-out", model, "-q").exit_code == 0
+    assert_one_line_error(invoke("evaluate", model, other), f"{tmp_path / 'other.h5'} was made with backbone=")
+    assert_one_line_error(invoke("train-incremental", other, "--resume", model, "-q"), "other.h5 was made with")
