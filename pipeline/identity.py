@@ -72,8 +72,9 @@ def check_identity(expected: Mapping[str, Any], got: Mapping[str, Any], what: st
 
     Keys missing on either side are not compared (older files lack newer keys). A different compute
     precision (``float32`` / ``bfloat16`` / ``float16``) only warns: it is the same model up to
-    rounding (mean cosine >= 0.995 to float32 on the shared photos, README "Extraction speed"), so
-    stores made on a GPU in float16 and on a CPU in float32 may be streamed together.
+    rounding (mean cosine >= 0.995 to float32 on the shared photos, docs/performance.md,
+    "Extraction speed"), so stores made on a GPU in float16 and on a CPU in float32 may be streamed
+    together.
     """
     for key in IDENTITY_KEYS:
         if key in expected and key in got and not _same(expected[key], got[key]):

@@ -1,7 +1,7 @@
 """Saved models: a head plus the metadata needed to use it safely.
 
 A model file (format version 2) holds only data: a zip of ``model.json`` and
-numpy ``.npy`` arrays (README, "Model files"), written by
+numpy ``.npy`` arrays (docs/file-formats.md, "Model files"), written by
 :mod:`pipeline.state_codec`; loading one builds only the allow-listed classes
 of this package and runs no code from the file. The one exception is River's
 own estimators (``--engine river``), which have no data-only form: their head

@@ -190,8 +190,9 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
         if report is not None:
             from pipeline.report import write_report
 
+            names = ", ".join(Path(p).name for p in stores)
             write_report(report, {**model.summary(), **metrics}, head=model.head, test=test_stream,
-                         title=f"train-incremental: {model.head_name} on {', '.join(p.name for p in map(Path, stores))}")
+                         title=f"train-incremental: {model.head_name} on {names}")
         out(summary(metrics, model_out) + (f"\nreport written to {report}" if report is not None else ""))
     finally:
         train_stream.close()

@@ -144,11 +144,18 @@ class FeatureStore:
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"feature store {self.path} does not exist")
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder, not a feature store (the .h5 file extract-features writes); "
+                             "to embed the images in it, run extract-features on it first")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             size = self.path.stat().st_size
-            raise StoreError(f"{self.path} is not a readable HDF5 feature store ({size} bytes; truncated or not HDF5): {exc}") from None
+            if _is_zip(self.path):
+                raise StoreError(f"{self.path} is a model file (or another zip archive), not a feature store") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"{self.path} is not a readable HDF5 feature store ({size} bytes; truncated or not HDF5): "
+                             f"{first}") from None
         attrs = self._file.attrs
         if attrs.get("format") is None or _from_attr(attrs.get("format")) != FORMAT_NAME:
             self._file.close()
@@ -241,6 +248,14 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, rows={self.n_rows}, dim={self.feature_dim}, classes={len(self.classes)})"
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def open_store(path: str | Path, allow_incomplete: bool = False) -> Store:

@@ -155,3 +155,33 @@ def test_numeric_help_says_integer_without_overflow_bounds():
     r = invoke("train-incremental", "--help")
     assert "e+18" not in r.output and "e+09" not in r.output and "4611686018427387904" not in r.output
     assert "an integer >= 0" in r.output
+
+
+def test_a_folder_or_a_model_given_as_a_store_is_one_line(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 60, 4, ["cat", "dog"])
+    model = tmp_path / "m.model"
+    assert invoke("train-incremental", store, "--model-out", model, "-q").exit_code == 0
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    assert_one_line_error(invoke("train-incremental", tmp_path / "photos"), "is a folder, not a feature store",
+                          "run extract-features")
+    assert_one_line_error(invoke("evaluate", model, model), "is a model file", "not a feature store")
+    r = invoke("train-incremental", tmp_path / "photos")
+    assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_log_lines_do_not_share_a_line_with_the_progress_bar(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 600, 8, ["cat", "dog"])
+    r = invoke("train-incremental", store, "--holdout", "0.3", "--plot", tmp_path / "c.png")
+    assert r.exit_code == 0, r.output
+    lines = [part for line in r.output.splitlines() for part in line.split("\r")]
+    points = [line for line in lines if ": progressive accuracy" in line]
+    assert len(points) >= 5 and all(line.strip().startswith("rows ") for line in points), r.output
+
+
+def test_a_store_from_another_backbone_is_named_in_one_line(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 60, 4, ["cat", "dog"])
+    other = make_blobs_store(tmp_path / "other.h5", 60, 4, ["cat", "dog"], backbone="resnet50")
+    model = tmp_path / "m.model"
+    assert invoke("train-incremental", store, "--model-out", model, "-q").exit_code == 0
+    assert_one_line_error(invoke("evaluate", model, other), f"{tmp_path / 'other.h5'} was made with backbone=")
+    assert_one_line_error(invoke("train-incremental", other, "--resume", model, "-q"), "other.h5 was made with")

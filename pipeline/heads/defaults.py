@@ -30,7 +30,7 @@ def default_lr(optimizer: str, n_features: int | None) -> float | None:
 
     With standardised inputs ``|x|^2`` is about the dimension D, so an SGD step
     of ``1/D`` moves the margin by about one unit: on MobileNet features it was
-    the best of a grid at both D=256 and D=1280 (README, "Choosing defaults").
+    the best of a grid at both D=256 and D=1280 (docs/training.md, "Choosing defaults").
     Adam is scale-free per coordinate; 3e-4 was best at both.
     """
     if optimizer == "adam":

@@ -2,7 +2,7 @@
 
 Every place in the project that turns a file into pixels calls
 :func:`decode_image` (or :func:`try_decode`), so extraction and prediction
-see identical inputs. Rules (see the README, "Images"):
+see identical inputs. Rules (see docs/extraction.md, "Images"):
 
 - only regular files are opened (never FIFOs, devices, sockets, folders);
 - only the formats in :data:`FORMATS` are read (no plug-in that runs an
