@@ -193,3 +193,110 @@ def test_real_features_one_class_per_task_match_joint_and_logistic_regression(im
         m = [run_training([train], head=head, test_stores=[val], increment=1, seed=s, **quiet) for s in (0, 1)]
         assert m[0]["final_accuracy"] == m[0]["joint_accuracy"] == m[1]["final_accuracy"]
         assert m[0]["final_accuracy"] > logreg - 0.02, (head, m[0]["final_accuracy"], logreg)
+
+
+class SolveEveryTime:
+    """Wraps a head so that every prediction solves from the statistics, as before the cache."""
+
+    def __init__(self, head):
+        self.head = head
+
+    def predict_proba(self, X):
+        self.head._solution = None
+        return self.head.predict_proba(X)
+
+
+@pytest.mark.parametrize("name,options", [("slda", {}), ("ridge", {}), ("ridge", {"ridge_lambda": 0.5}),
+                                          ("ridge", {"random_features": 50, "ridge_lambda": 1.0})])
+def test_lazy_solve_is_bit_identical_to_solving_every_time(name, options):
+    X, y = data(600)
+    lazy, eager = make_head(name, **options), make_head(name, **options)
+    test = data(100, seed=7)[0]
+    solves = []
+    real_solve = type(lazy)._solve
+
+    def counting_solve(self):
+        solves.append(1)
+        return real_solve(self)
+
+    for s in range(0, 600, 150):
+        lazy.partial_fit(X[s:s + 150], y[s:s + 150])
+        eager.partial_fit(X[s:s + 150], y[s:s + 150])
+        solves.clear()
+        type(lazy)._solve = counting_solve
+        try:
+            first, again = lazy.predict_proba(test), lazy.predict_proba(test)
+            lazy.predict(test)
+        finally:
+            type(lazy)._solve = real_solve
+        assert len(solves) == 1  # solved once, reused until the statistics change
+        np.testing.assert_array_equal(first, again)
+        np.testing.assert_array_equal(first, SolveEveryTime(eager).predict_proba(test))
+
+
+def test_auto_lambda_solve_reuses_the_eigendecomposition_of_gcv():
+    X, y = data(300)
+    head = RidgeHead().partial_fit(X, y)
+    lam = head.lambda_
+    fixed = RidgeHead(ridge_lambda=lam).partial_fit(X, y)
+    np.testing.assert_allclose(head.coef_, fixed.coef_, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(head.intercept_, fixed.intercept_, rtol=1e-7, atol=1e-10)
+
+
+def test_progressive_solves_are_few_and_bounded_by_the_dimension():
+    X, y = data(3000, dim=20)
+    head = RidgeHead()
+    calls = []
+    real = RidgeHead._cholesky_solve
+    RidgeHead._cholesky_solve = lambda self, lam: calls.append(self.stats_.n) or real(self, lam)
+    try:
+        preds = head.progressive_fit(X, y)
+    finally:
+        RidgeHead._cholesky_solve = real
+    assert calls == [8, 28, 56, 112, 224, 448, 896, 1792]  # doubling, and at least D=20 rows apart
+    assert (preds[100:] == y[100:]).mean() > 0.8
+
+
+def test_random_projection_generated_block_by_block_equals_the_stored_matrix():
+    from pipeline.heads import random_features as rf
+
+    X, y = data(300)
+    W = rf.projection(20, 2500, seed=4)               # the whole matrix, assembled from its blocks
+    assert W.shape == (20, 2500) and W.dtype == np.float32
+    np.testing.assert_array_equal(W[:, 1024:2048], rf.projection(20, 2500, seed=4)[:, 1024:2048])
+    generated = rf.project(X, 2500, seed=4)           # no matrix: each block drawn from the seed
+    np.testing.assert_array_equal(generated, rf.project(X, 2500, seed=4, matrix=W))
+    np.testing.assert_allclose(generated, np.maximum(X @ W, 0), rtol=1e-5, atol=1e-4)
+    kept = RidgeHead(random_features=2500, seed=4, ridge_lambda=1.0)
+    kept.partial_fit(X, y)
+    import pipeline.heads.ridge as ridge_module
+
+    old, ridge_module.KEEP_PROJECTION_BYTES = ridge_module.KEEP_PROJECTION_BYTES, 0   # never keep it
+    try:
+        unkept = RidgeHead(random_features=2500, seed=4, ridge_lambda=1.0).partial_fit(X, y)
+        assert "_matrix" not in unkept.__dict__
+        np.testing.assert_array_equal(unkept.predict_proba(X), kept.predict_proba(X))
+    finally:
+        ridge_module.KEEP_PROJECTION_BYTES = old
+    np.testing.assert_array_equal(kept.projection_, W)
+
+
+def test_model_saved_with_its_projection_matrix_still_predicts_with_it():
+    """Models written before the projection was generated per block kept the matrix in their state."""
+    X, y = data(300)
+    old = RidgeHead(random_features=64, seed=3, ridge_lambda=1.0)
+    old.__dict__["projection_"] = np.random.default_rng(3).standard_normal((20, 64)).astype(np.float32)
+    old.partial_fit(X, y)
+    H = np.maximum(X.astype(np.float64) @ old.projection_, 0.0)
+    ref = Ridge(alpha=1.0).fit(H, (y[:, None] == np.array(old.classes_)[None, :]).astype(float))
+    np.testing.assert_allclose(old.decision_function(X), ref.predict(H), rtol=1e-6, atol=1e-8)
+    with pytest.raises(Exception, match="different random projections"):
+        old.merge(RidgeHead(random_features=64, seed=3, ridge_lambda=1.0).partial_fit(X, y))
+
+
+def test_random_features_too_big_for_memory_is_one_line_error():
+    from pipeline.errors import HeadError
+
+    X, y = data(10)
+    with pytest.raises(HeadError, match=r"statistics of 1000000 dimensions .* GiB of memory but"):
+        RidgeHead(random_features=1_000_000).partial_fit(X, y)
