@@ -40,6 +40,8 @@ ALLOWED_CLASSES: dict[str, tuple[str, ...]] = {
     "pipeline.heads.exemplars": ("ClassPools", "_Reservoir", "ExemplarMemory", "ExemplarSet", "ExperienceReplay"),
     "pipeline.heads.slda": ("SLDAHead",),
     "pipeline.heads.ridge": ("RidgeHead",),
+    "pipeline.heads.fecam": ("FeCAMHead",),
+    "pipeline.heads.klda": ("KLDAHead",),
     "pipeline.heads.class_stats": ("ClassStatistics",),
     "pipeline.heads.mlp": ("MLPHead",),
     "pipeline.heads.cl.base": ("Method",),

@@ -300,3 +300,95 @@ def test_random_features_too_big_for_memory_is_one_line_error():
     X, y = data(10)
     with pytest.raises(HeadError, match=r"statistics of 1000000 dimensions .* GiB of memory but"):
         RidgeHead(random_features=1_000_000).partial_fit(X, y)
+
+
+def fecam_reference(X, y, classes, power, shrinkage, diagonal=False):
+    """FeCAM computed in one batch with numpy: transformed rows, per-class covariance, explicit inverse."""
+    Z = np.sign(X.astype(np.float64)) * np.abs(X.astype(np.float64)) ** power
+    out = []
+    for c in classes:
+        R = Z[y == c]
+        mu = R.mean(axis=0)
+        cov = np.cov(R, rowvar=False, bias=True)
+        if diagonal:
+            cov = np.diag(np.diag(cov))
+        cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
+        diff = Z - mu
+        out.append(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff))
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_fecam_equals_its_batch_computation(covariance):
+    from sklearn.covariance import OAS
+
+    from pipeline.heads.fecam import FeCAMHead
+
+    X, y = data()
+    X = np.abs(X)
+    head = FeCAMHead(shrinkage=0.2, covariance=covariance)
+    for i in range(0, 300, 64):
+        head.partial_fit(X[i:min(i + 64, 300)], y[i:min(i + 64, 300)])
+    ref = fecam_reference(X[:300], y[:300], head.classes_, 0.5, 0.2, covariance == "diagonal")
+    np.testing.assert_allclose(head.mahalanobis(X[:300]), ref, rtol=1e-6)
+    auto = FeCAMHead().partial_fit(X[:300], y[:300])
+    Z = np.sqrt(X[:300].astype(np.float64))
+    for k, c in enumerate(auto.classes_):
+        oas = OAS(assume_centered=False).fit(Z[y[:300] == c])
+        assert auto.covariance_(k)[1] == pytest.approx(oas.shrinkage_, rel=1e-9)
+        np.testing.assert_allclose(auto.covariance_(k)[0], oas.covariance_, rtol=1e-7, atol=1e-12)
+
+
+def test_klda_equals_lda_on_its_random_fourier_features():
+    from pipeline.heads import random_features as rf
+    from pipeline.heads.klda import KLDAHead
+
+    X, y = data()
+    head = KLDAHead(shrinkage=0.1, random_features=300, kernel_gamma=0.5, seed=2)
+    for i in range(0, 300, 64):
+        head.partial_fit(X[i:min(i + 64, 300)], y[i:min(i + 64, 300)])
+    Z = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+    W, b = rf.projection(20, 300, 2, "fourier"), rf.phases(300, 20, 2)
+    F = np.sqrt(2 / 300) * np.cos(np.sqrt(2 * 0.5) * Z @ W + b)
+    kernel = np.exp(-0.5 * ((Z[:50, None] - Z[None, :50]) ** 2).sum(-1))
+    assert np.abs(F[:50] @ F[:50].T - kernel).max() < 0.25   # approximates the RBF kernel
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.1).fit(F[:300], y[:300].astype(str))
+    order = [head.classes_.index(c) for c in ref.classes_]
+    np.testing.assert_allclose(head.coef_[order], ref.coef_, rtol=1e-6, atol=1e-8)
+    agree = (head.predict(X[300:]).astype(str) == ref.predict(F[300:])).mean()
+    assert agree == 1.0
+
+
+@pytest.mark.parametrize("name,options", [("fecam", {}), ("fecam", {"covariance": "diagonal"}),
+                                          ("klda", {"random_features": 256})])
+def test_new_heads_are_order_free_and_merge_exactly(name, options):
+    X, y = data(600)
+    X = np.abs(X)
+    a = make_head(name, **options).partial_fit(X, y)
+    perm = np.random.default_rng(1).permutation(len(X))
+    b = make_head(name, **options)
+    for i in range(0, 600, 77):
+        b.partial_fit(X[perm][i:i + 77], y[perm][i:i + 77])
+    c = make_head(name, **options)  # one task per class, reversed class order
+    for label in sorted(set(y), reverse=True):
+        c.partial_fit(X[y == label], y[y == label])
+    merged = make_head(name, **options).partial_fit(X[:250], y[:250]).merge(
+        make_head(name, **options).partial_fit(X[250:], y[250:]))
+    assert merged.rows_seen_ == 600
+    test = np.abs(data(200, seed=9)[0])
+    for other in (b, c, merged):
+        np.testing.assert_array_equal(other.predict(test), a.predict(test))
+        pa, po = by_name(a, test), by_name(other, test)
+        for label in pa:
+            np.testing.assert_allclose(po[label], pa[label], rtol=1e-5, atol=1e-6)
+
+
+def test_class_incremental_fecam_and_klda_end_where_joint_training_does(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 1200, 16, [f"c{i}" for i in range(4)])
+    for head, options in (("fecam", {}), ("klda", {"random_features": 256})):
+        runs = [run_training([store], head=head, head_options=options, holdout=0.3, increment=1, class_order=order,
+                             **quiet) for order in ("c0,c1,c2,c3", "c3,c1,c0,c2")]  # same seed: same random features
+        assert runs[0]["tasks"] != runs[1]["tasks"]
+        for m in runs:
+            assert m["final_accuracy"] == m["joint_accuracy"]
+        assert runs[0]["final_accuracy"] == runs[1]["final_accuracy"]

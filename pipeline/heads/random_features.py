@@ -44,8 +44,9 @@ def phases(m: int, d: int, seed: int) -> np.ndarray:
 
 
 def project(X: np.ndarray, m: int, seed: int, kind: str = "gaussian", scale: float = 1.0,
-            matrix: np.ndarray | None = None, offsets: np.ndarray | None = None) -> np.ndarray:
-    """``(n, m)`` float32 features of the rows ``X``.
+            matrix: np.ndarray | None = None, offsets: np.ndarray | None = None,
+            dtype: type = np.float32) -> np.ndarray:
+    """``(n, m)`` features of the rows ``X``, computed in ``dtype`` (the projection itself is float32).
 
     - ``kind="gaussian"``: ``ReLU(X W)`` (RanPAC);
     - ``kind="fourier"``: ``sqrt(2/m) cos(scale X W + b)`` (random Fourier features of
@@ -56,8 +57,8 @@ def project(X: np.ndarray, m: int, seed: int, kind: str = "gaussian", scale: flo
     """
     if kind == "fourier" and matrix is not None and offsets is None:
         raise ValueError("a Fourier projection needs its offsets with its matrix")
-    X = np.asarray(X, np.float32)
-    out = np.empty((len(X), m), np.float32)
+    X = np.asarray(X, dtype)
+    out: np.ndarray = np.empty((len(X), m), dtype)
     for j, s in enumerate(range(0, m, BLOCK)):
         width = min(BLOCK, m - s)
         if matrix is not None:
@@ -65,15 +66,15 @@ def project(X: np.ndarray, m: int, seed: int, kind: str = "gaussian", scale: flo
         else:
             W, b = _block(X.shape[1], j, width, seed, kind)
         block = out[:, s:s + width]
-        np.matmul(X, W, out=block)
+        np.matmul(X, W.astype(dtype, copy=False), out=block)
         if kind == "gaussian":
             np.maximum(block, 0.0, out=block)
         elif b is not None:
             if scale != 1.0:
-                block *= np.float32(scale)
+                block *= scale
             block += b
             np.cos(block, out=block)
-            block *= np.float32(np.sqrt(2.0 / m))
+            block *= np.sqrt(2.0 / m)
     return out
 
 
