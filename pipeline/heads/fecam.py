@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import numpy as np
-from scipy.linalg import cho_factor, solve_triangular
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head, softmax_rows
@@ -153,6 +152,8 @@ class FeCAMHead(Head):
     def _class_factors(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per class: (Cholesky factor or standard deviations, shrinkage as an array), cached per version."""
         if self._factors is None or self._factors[0] != self.version_:
+            from scipy.linalg import cho_factor  # ~0.5 s to import: not at start-up
+
             out = []
             for k in range(len(self.counts_)):
                 cov, s = self.covariance_(k)
@@ -176,6 +177,8 @@ class FeCAMHead(Head):
                                self._class_factors())
 
     def _distances(self, Z: np.ndarray, means: np.ndarray, factors: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        from scipy.linalg import solve_triangular
+
         out = np.empty((len(Z), len(factors)))
         for k, (factor, _) in enumerate(factors):
             diff = Z - means[k]

@@ -35,7 +35,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, eigh
 
 from pipeline.errors import HeadError
 from pipeline.heads import random_features as rf
@@ -138,6 +137,8 @@ class RidgeHead(StatisticsHead):
 
     def _eigen(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(eigenvalues clipped at 0, eigenvectors, X^T Y, grand mean)`` of the centred Gram matrix."""
+        from scipy.linalg import eigh  # ~0.5 s to import: not at start-up
+
         gram, xty, mu = self._targets()
         d, Q = eigh(gram, overwrite_a=True, check_finite=False)
         return np.maximum(d, 0.0), Q, xty, mu
@@ -148,6 +149,8 @@ class RidgeHead(StatisticsHead):
         return self._gcv(d, Q.T @ xty)
 
     def _cholesky_solve(self, lam: float) -> np.ndarray:
+        from scipy.linalg import cho_factor, cho_solve  # ~0.5 s to import: not at start-up
+
         gram, xty, _ = self._targets()
         gram[np.diag_indices_from(gram)] += lam
         try:
