@@ -149,17 +149,27 @@ class RidgeHead(StatisticsHead):
         return self._gcv(d, Q.T @ xty)
 
     def _cholesky_solve(self, lam: float) -> np.ndarray:
+        """``(G + lambda I)^-1 X^T Y`` by Cholesky, factorised in place.
+
+        Round-off (float32 chunk products, near-duplicate features) can leave
+        ``G + lambda I`` a hair from positive definite; then a jitter growing from
+        1e-10 to 1e-2 of the mean diagonal is added, never an O(D^3)-memory
+        fallback (an SVD of RanPAC's 10,000 x 10,000 matrix needs gigabytes).
+        """
         from scipy.linalg import cho_factor, cho_solve  # ~0.5 s to import: not at start-up
 
+        for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
+            gram, xty, _ = self._targets()
+            scale = max(float(np.trace(gram)) / len(gram), 1e-300)
+            gram[np.diag_indices_from(gram)] += lam + jitter * scale
+            try:
+                return cho_solve(cho_factor(gram, lower=True, overwrite_a=True, check_finite=False), xty,
+                                 check_finite=False)
+            except np.linalg.LinAlgError:
+                continue
         gram, xty, _ = self._targets()
         gram[np.diag_indices_from(gram)] += lam
-        try:
-            return cho_solve(cho_factor(gram, lower=True, overwrite_a=True, check_finite=False), xty,
-                             check_finite=False)
-        except np.linalg.LinAlgError:
-            gram, xty, _ = self._targets()
-            gram[np.diag_indices_from(gram)] += lam
-            return np.linalg.lstsq(gram, xty, rcond=None)[0]
+        return np.linalg.lstsq(gram, xty, rcond=None)[0]
 
     def _rule(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         st = self._fitted_stats()
