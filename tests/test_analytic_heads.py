@@ -302,7 +302,7 @@ def test_random_features_too_big_for_memory_is_one_line_error():
         RidgeHead(random_features=1_000_000).partial_fit(X, y)
 
 
-def fecam_reference(X, y, classes, power, shrinkage, diagonal=False):
+def fecam_reference(X, y, classes, power, shrinkage, diagonal=False, normalize=True):
     """FeCAM computed in one batch with numpy: transformed rows, per-class covariance, explicit inverse."""
     Z = np.sign(X.astype(np.float64)) * np.abs(X.astype(np.float64)) ** power
     out = []
@@ -313,6 +313,8 @@ def fecam_reference(X, y, classes, power, shrinkage, diagonal=False):
         if diagonal:
             cov = np.diag(np.diag(cov))
         cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
+        if normalize:
+            cov = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
         diff = Z - mu
         out.append(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff))
     return np.stack(out, axis=1)
@@ -331,7 +333,10 @@ def test_fecam_equals_its_batch_computation(covariance):
         head.partial_fit(X[i:min(i + 64, 300)], y[i:min(i + 64, 300)])
     ref = fecam_reference(X[:300], y[:300], head.classes_, 0.5, 0.2, covariance == "diagonal")
     np.testing.assert_allclose(head.mahalanobis(X[:300]), ref, rtol=1e-6)
-    auto = FeCAMHead().partial_fit(X[:300], y[:300])
+    raw = FeCAMHead(shrinkage=0.2, covariance=covariance, normalize=False, power=1.0).partial_fit(X[:300], y[:300])
+    ref = fecam_reference(X[:300], y[:300], raw.classes_, 1.0, 0.2, covariance == "diagonal", normalize=False)
+    np.testing.assert_allclose(raw.mahalanobis(X[:300]), ref, rtol=1e-6)
+    auto = FeCAMHead(shrinkage="auto", normalize=False).partial_fit(X[:300], y[:300])
     Z = np.sqrt(X[:300].astype(np.float64))
     for k, c in enumerate(auto.classes_):
         oas = OAS(assume_centered=False).fit(Z[y[:300] == c])
