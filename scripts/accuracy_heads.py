@@ -23,6 +23,7 @@ from pipeline.stream import FeatureStream
 HEADS = [
     ("nme exact (cosine NCM)", "nme", {"class_means": "exact"}),
     ("fecam", "fecam", {}),
+    ("fecam OAS, not normalised", "fecam", {"shrinkage": "auto", "normalize": False}),
     ("fecam diagonal", "fecam", {"covariance": "diagonal"}),
     ("slda", "slda", {}),
     ("klda M=2048", "klda", {}),
@@ -52,11 +53,19 @@ def main() -> None:
     common = {"test_stores": [args.test] if args.test else [], "holdout": args.holdout,
               "increment": args.increment or None, "seed": 0, **quiet}
     results = []
-    if args.test:
+    if args.test or args.holdout:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        (Xtr, ytr), (Xte, yte) = rows(args.train), rows(args.test)
+        if args.test:
+            (Xtr, ytr), (Xte, yte) = rows(args.train), rows(args.test)
+        else:  # the same rows the runs hold out
+            from pipeline.stream import FeatureStream as FS
+
+            with FS([args.train], holdout=args.holdout, split="train", seed=0) as s:
+                Xtr, ytr = (np.concatenate(v) for v in zip(*[(b.X, b.y.astype(str)) for b in s]))
+            with FS([args.train], holdout=args.holdout, seed=0, split="test") as s:
+                Xte, yte = (np.concatenate(v) for v in zip(*[(b.X, b.y.astype(str)) for b in s]))
         sc = StandardScaler().fit(Xtr)
         t0 = time.perf_counter()
         acc = LogisticRegression(max_iter=3000).fit(sc.transform(Xtr), ytr).score(sc.transform(Xte), yte)
