@@ -234,10 +234,19 @@ def test_lazy_solve_is_bit_identical_to_solving_every_time(name, options):
         np.testing.assert_array_equal(first, SolveEveryTime(eager).predict_proba(test))
 
 
-def test_auto_lambda_solve_reuses_the_eigendecomposition_of_gcv():
+def test_auto_lambda_solve_reuses_the_eigendecomposition_of_gcv(monkeypatch):
+    import scipy.linalg
+
+    calls = []
+    real_eigh = scipy.linalg.eigh
+    monkeypatch.setattr(scipy.linalg, "eigh", lambda *a, **k: calls.append(1) or real_eigh(*a, **k))
     X, y = data(300)
-    head = RidgeHead().partial_fit(X, y)
+    head = RidgeHead()
+    head.progressive_fit(X, y)
+    assert calls == []                       # progressive validation runs no eigendecomposition
     lam = head.lambda_
+    head.predict(X)
+    assert calls == [1]                      # one per solve, shared by GCV's 46 lambdas and the solution
     fixed = RidgeHead(ridge_lambda=lam).partial_fit(X, y)
     np.testing.assert_allclose(head.coef_, fixed.coef_, rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(head.intercept_, fixed.intercept_, rtol=1e-7, atol=1e-10)
