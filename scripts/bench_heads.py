@@ -9,7 +9,17 @@ product (float64 GEMM) on data already in memory. Reported in one run:
   ridge with lambda chosen by GCV from an eigendecomposition);
 - peak RSS of slda training on a store and on one ten times larger.
 
+Issue 20 measurements (``--issue20``, each in its own process, alternated):
+- whole ``train-incremental`` command, ridge ``--lambda auto`` against slda, on
+  a 1280-d store (``--compare-rows``); share of training time spent in
+  progressive-validation solves, per statistics head;
+- RanPAC ``--random-features 10000`` (fixed lambda): seconds per row and peak
+  RSS at two store sizes (``--ranpac-rows``, written with the store writer),
+  projected to 200,000 and 1,000,000 rows; float32 against float64 chunk
+  products of the statistics.
+
     python scripts/bench_heads.py [--rows 40000]
+    python scripts/bench_heads.py --issue20 [--compare-rows 2569] [--ranpac-rows 50000,200000]
 """
 
 from __future__ import annotations
@@ -45,12 +55,149 @@ def update_rate(name: str, X: np.ndarray, y: np.ndarray) -> float:
     return (len(X) - 4096) / (time.perf_counter() - t0)
 
 
+def write_store_dim(path: Path, rows: int, n_classes: int, dim: int, seed: int = 0, chunk: int = 4096) -> Path:
+    """Non-negative (ReLU-like) class blobs of ``dim`` features, written chunk by chunk with the store writer."""
+    from pipeline.store import StoreWriter
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 0.5, (n_classes, dim)).astype(np.float32)
+    meta = {"backbone": "synthetic", "weights": "none", "alpha": "", "input_size": [1, 1], "preprocessing": "none",
+            "pooling": "avg", "classes": [f"c{i:03d}" for i in range(n_classes)]}
+    w = StoreWriter(path, meta, dim)
+    for s in range(0, rows, chunk):
+        n = min(chunk, rows - s)
+        y = rng.integers(0, n_classes, n).astype(np.int32)
+        X = np.maximum(centers[y] + rng.normal(0, 1.0, (n, dim)).astype(np.float32), 0)
+        w.append(X, y, [f"r{i}.jpg" for i in range(s, s + n)])
+    w.close(complete=True)
+    return path
+
+
+CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from pipeline.heads.registry import heads
+spent, state = [0.0], {"in_progressive": 0, "depth": 0}
+def wrap(cls, name, progressive):
+    inner = getattr(cls, name)
+    def wrapper(self, *a, **k):
+        if progressive:
+            state["in_progressive"] += 1
+            try:
+                return inner(self, *a, **k)
+            finally:
+                state["in_progressive"] -= 1
+        if not state["in_progressive"] or state["depth"]:
+            return inner(self, *a, **k)
+        state["depth"] += 1
+        t = time.perf_counter()
+        try:
+            return inner(self, *a, **k)
+        finally:
+            spent[0] += time.perf_counter() - t
+            state["depth"] -= 1
+    setattr(cls, name, wrapper)
+seen = set()
+for c in heads().values():
+    for klass in c.__mro__:
+        for name in ("_progressive_coefficients", "_class_factors", "progressive_fit"):
+            if name in klass.__dict__ and (klass, name) not in seen:
+                seen.add((klass, name))
+                wrap(klass, name, name == "progressive_fit")
+from pipeline.runs import run_training
+args = json.loads(sys.argv[1])
+t1 = time.perf_counter()
+m = run_training([Path(args["store"])], head=args["head"], head_options=args["options"], holdout=args["holdout"],
+                 quiet=True, echo=lambda s: None, out=lambda s: None)
+t2 = time.perf_counter()
+print(json.dumps({"whole_s": t2 - t0, "train_s": t2 - t1, "progressive_solve_s": spent[0],
+                  "heldout": m["heldout"]["accuracy"], "peak_rss_mb":
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def child(store: Path, head: str, options: dict, holdout: float = 0.2) -> dict:
+    import subprocess
+    import sys
+
+    arg = json.dumps({"store": str(store), "head": head, "options": options, "holdout": holdout})
+    out = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def issue20(args: argparse.Namespace) -> dict:
+    res: dict = {"machine": "shared 2-core AMD EPYC (other jobs running)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = write_store_dim(Path(tmp) / "c.h5", args.compare_rows, 5, 1280)
+        runs: dict[str, list[dict]] = {}
+        cases = [("slda", "slda", {}), ("ridge-auto", "ridge", {}), ("fecam", "fecam", {}),
+                 ("klda", "klda", {})]
+        for _ in range(args.repeats):
+            for label, head, opts in cases:
+                runs.setdefault(label, []).append(child(store, head, opts))
+                r = runs[label][-1]
+                print(f"{label:>10}: whole {r['whole_s']:.1f} s, training {r['train_s']:.1f} s, progressive solves "
+                      f"{r['progressive_solve_s']:.2f} s ({r['progressive_solve_s'] / r['train_s']:.0%} of training), "
+                      f"peak {r['peak_rss_mb']:.0f} MB", flush=True)
+        best = {k: min(v, key=lambda r: r["whole_s"]) for k, v in runs.items()}
+        res["compare"] = {"rows": args.compare_rows, "dim": 1280, "runs": runs,
+                          "ridge_auto_over_slda": best["ridge-auto"]["whole_s"] / best["slda"]["whole_s"]}
+        print(f"ridge --lambda auto / slda, whole command: {res['compare']['ridge_auto_over_slda']:.2f}x", flush=True)
+        sizes = [int(v) for v in args.ranpac_rows.split(",")]
+        res["ranpac"] = []
+        for rows in sizes:
+            path = write_store_dim(Path(tmp) / f"r{rows}.h5", rows, 10, 1280, seed=1)
+            r = child(path, "ridge", {"random_features": 10000, "ridge_lambda": 1e3}, holdout=0.05)
+            r["rows"] = rows
+            r["s_per_1k_rows"] = 1000 * r["train_s"] / rows
+            res["ranpac"].append(r)
+            print(f"ranpac M=10000, {rows:,} rows: training {r['train_s']:.0f} s ({r['s_per_1k_rows']:.2f} s per 1k "
+                  f"rows), progressive solves {r['progressive_solve_s']:.0f} s, peak {r['peak_rss_mb']:.0f} MB",
+                  flush=True)
+            path.unlink()
+        per_row = (res["ranpac"][-1]["train_s"] - res["ranpac"][0]["train_s"]) / max(sizes[-1] - sizes[0], 1)
+        res["ranpac_marginal_s_per_row"] = per_row
+        for n in (200_000, 1_000_000):
+            proj = res["ranpac"][-1]["train_s"] + per_row * (n - sizes[-1])
+            res[f"ranpac_projected_{n}_s"] = proj
+            print(f"projected from the marginal cost: {n:,} rows in {proj / 60:.0f} min", flush=True)
+    from pipeline.heads.class_stats import ClassStatistics
+    from pipeline.heads import random_features as rf
+
+    rng = np.random.default_rng(0)
+    X = np.maximum(rng.normal(size=(8192, 1280)).astype(np.float32) + 0.3, 0)
+    H = rf.project(X, 2048, seed=0)
+    y = rng.integers(0, 10, len(H))
+    stats = {}
+    for product in ("float32", "float64"):
+        st = ClassStatistics(2048, product=product)
+        for _ in range(10):
+            st.add_class()
+        for s in range(0, len(H), 4096):
+            st.update(H[s:s + 4096], y[s:s + 4096])
+        stats[product] = st.total_scatter()
+    err = np.abs(stats["float32"] - stats["float64"]).max() / np.abs(stats["float64"]).max()
+    res["float32_product_max_rel_error"] = float(err)
+    print(f"float32 chunk products vs float64 (M=2048, 8192 rows): max error {err:.1e} of the largest entry", flush=True)
+    return res
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=40960)
     parser.add_argument("--rss-rows", type=int, default=20000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--issue20", action="store_true", help="the issue-20 measurements only")
+    parser.add_argument("--compare-rows", type=int, default=2569)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--ranpac-rows", default="50000,200000")
     args = parser.parse_args()
+    if args.issue20:
+        res20 = issue20(args)
+        if args.json:
+            args.json.write_text(json.dumps(res20, indent=2))
+        return
     rng = np.random.default_rng(0)
     res: dict = {"dim": DIM, "update": [], "solve": []}
     X = rng.normal(size=(args.rows, DIM)).astype(np.float32)

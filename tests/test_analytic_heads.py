@@ -193,3 +193,216 @@ def test_real_features_one_class_per_task_match_joint_and_logistic_regression(im
         m = [run_training([train], head=head, test_stores=[val], increment=1, seed=s, **quiet) for s in (0, 1)]
         assert m[0]["final_accuracy"] == m[0]["joint_accuracy"] == m[1]["final_accuracy"]
         assert m[0]["final_accuracy"] > logreg - 0.02, (head, m[0]["final_accuracy"], logreg)
+
+
+class SolveEveryTime:
+    """Wraps a head so that every prediction solves from the statistics, as before the cache."""
+
+    def __init__(self, head):
+        self.head = head
+
+    def predict_proba(self, X):
+        self.head._solution = None
+        return self.head.predict_proba(X)
+
+
+@pytest.mark.parametrize("name,options", [("slda", {}), ("ridge", {}), ("ridge", {"ridge_lambda": 0.5}),
+                                          ("ridge", {"random_features": 50, "ridge_lambda": 1.0})])
+def test_lazy_solve_is_bit_identical_to_solving_every_time(name, options):
+    X, y = data(600)
+    lazy, eager = make_head(name, **options), make_head(name, **options)
+    test = data(100, seed=7)[0]
+    solves = []
+    real_solve = type(lazy)._solve
+
+    def counting_solve(self):
+        solves.append(1)
+        return real_solve(self)
+
+    for s in range(0, 600, 150):
+        lazy.partial_fit(X[s:s + 150], y[s:s + 150])
+        eager.partial_fit(X[s:s + 150], y[s:s + 150])
+        solves.clear()
+        type(lazy)._solve = counting_solve
+        try:
+            first, again = lazy.predict_proba(test), lazy.predict_proba(test)
+            lazy.predict(test)
+        finally:
+            type(lazy)._solve = real_solve
+        assert len(solves) == 1  # solved once, reused until the statistics change
+        np.testing.assert_array_equal(first, again)
+        np.testing.assert_array_equal(first, SolveEveryTime(eager).predict_proba(test))
+
+
+def test_auto_lambda_solve_reuses_the_eigendecomposition_of_gcv(monkeypatch):
+    import scipy.linalg
+
+    calls = []
+    real_eigh = scipy.linalg.eigh
+    monkeypatch.setattr(scipy.linalg, "eigh", lambda *a, **k: calls.append(1) or real_eigh(*a, **k))
+    X, y = data(300)
+    head = RidgeHead()
+    head.progressive_fit(X, y)
+    assert calls == []                       # progressive validation runs no eigendecomposition
+    lam = head.lambda_
+    head.predict(X)
+    assert calls == [1]                      # one per solve, shared by GCV's 46 lambdas and the solution
+    fixed = RidgeHead(ridge_lambda=lam).partial_fit(X, y)
+    np.testing.assert_allclose(head.coef_, fixed.coef_, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(head.intercept_, fixed.intercept_, rtol=1e-7, atol=1e-10)
+
+
+def test_progressive_solves_are_few_and_bounded_by_the_dimension():
+    X, y = data(3000, dim=20)
+    head = RidgeHead()
+    calls = []
+    real = RidgeHead._cholesky_solve
+    RidgeHead._cholesky_solve = lambda self, lam: calls.append(self.stats_.n) or real(self, lam)
+    try:
+        preds = head.progressive_fit(X, y)
+    finally:
+        RidgeHead._cholesky_solve = real
+    assert calls == [8, 28, 56, 112, 224, 448, 896, 1792]  # doubling, and at least D=20 rows apart
+    assert (preds[100:] == y[100:]).mean() > 0.8
+
+
+def test_random_projection_generated_block_by_block_equals_the_stored_matrix():
+    from pipeline.heads import random_features as rf
+
+    X, y = data(300)
+    W = rf.projection(20, 2500, seed=4)               # the whole matrix, assembled from its blocks
+    assert W.shape == (20, 2500) and W.dtype == np.float32
+    np.testing.assert_array_equal(W[:, 1024:2048], rf.projection(20, 2500, seed=4)[:, 1024:2048])
+    generated = rf.project(X, 2500, seed=4)           # no matrix: each block drawn from the seed
+    np.testing.assert_array_equal(generated, rf.project(X, 2500, seed=4, matrix=W))
+    np.testing.assert_allclose(generated, np.maximum(X @ W, 0), rtol=1e-5, atol=1e-4)
+    kept = RidgeHead(random_features=2500, seed=4, ridge_lambda=1.0)
+    kept.partial_fit(X, y)
+    import pipeline.heads.ridge as ridge_module
+
+    old, ridge_module.KEEP_PROJECTION_BYTES = ridge_module.KEEP_PROJECTION_BYTES, 0   # never keep it
+    try:
+        unkept = RidgeHead(random_features=2500, seed=4, ridge_lambda=1.0).partial_fit(X, y)
+        assert "_matrix" not in unkept.__dict__
+        np.testing.assert_array_equal(unkept.predict_proba(X), kept.predict_proba(X))
+    finally:
+        ridge_module.KEEP_PROJECTION_BYTES = old
+    np.testing.assert_array_equal(kept.projection_, W)
+
+
+def test_model_saved_with_its_projection_matrix_still_predicts_with_it():
+    """Models written before the projection was generated per block kept the matrix in their state."""
+    X, y = data(300)
+    old = RidgeHead(random_features=64, seed=3, ridge_lambda=1.0)
+    old.__dict__["projection_"] = np.random.default_rng(3).standard_normal((20, 64)).astype(np.float32)
+    old.partial_fit(X, y)
+    H = np.maximum(X.astype(np.float64) @ old.projection_, 0.0)
+    ref = Ridge(alpha=1.0).fit(H, (y[:, None] == np.array(old.classes_)[None, :]).astype(float))
+    np.testing.assert_allclose(old.decision_function(X), ref.predict(H), rtol=1e-6, atol=1e-8)
+    with pytest.raises(Exception, match="different random projections"):
+        old.merge(RidgeHead(random_features=64, seed=3, ridge_lambda=1.0).partial_fit(X, y))
+
+
+def test_random_features_too_big_for_memory_is_one_line_error():
+    from pipeline.errors import HeadError
+
+    X, y = data(10)
+    with pytest.raises(HeadError, match=r"statistics of 1000000 dimensions .* GiB of memory but"):
+        RidgeHead(random_features=1_000_000).partial_fit(X, y)
+
+
+def fecam_reference(X, y, classes, power, shrinkage, diagonal=False, normalize=True):
+    """FeCAM computed in one batch with numpy: transformed rows, per-class covariance, explicit inverse."""
+    Z = np.sign(X.astype(np.float64)) * np.abs(X.astype(np.float64)) ** power
+    out = []
+    for c in classes:
+        R = Z[y == c]
+        mu = R.mean(axis=0)
+        cov = np.cov(R, rowvar=False, bias=True)
+        if diagonal:
+            cov = np.diag(np.diag(cov))
+        cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
+        if normalize:
+            cov = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+        diff = Z - mu
+        out.append(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff))
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_fecam_equals_its_batch_computation(covariance):
+    from sklearn.covariance import OAS
+
+    from pipeline.heads.fecam import FeCAMHead
+
+    X, y = data()
+    X = np.abs(X)
+    head = FeCAMHead(shrinkage=0.2, covariance=covariance)
+    for i in range(0, 300, 64):
+        head.partial_fit(X[i:min(i + 64, 300)], y[i:min(i + 64, 300)])
+    ref = fecam_reference(X[:300], y[:300], head.classes_, 0.5, 0.2, covariance == "diagonal")
+    np.testing.assert_allclose(head.mahalanobis(X[:300]), ref, rtol=1e-6)
+    raw = FeCAMHead(shrinkage=0.2, covariance=covariance, normalize=False, power=1.0).partial_fit(X[:300], y[:300])
+    ref = fecam_reference(X[:300], y[:300], raw.classes_, 1.0, 0.2, covariance == "diagonal", normalize=False)
+    np.testing.assert_allclose(raw.mahalanobis(X[:300]), ref, rtol=1e-6)
+    auto = FeCAMHead(shrinkage="auto", normalize=False).partial_fit(X[:300], y[:300])
+    Z = np.sqrt(X[:300].astype(np.float64))
+    for k, c in enumerate(auto.classes_):
+        oas = OAS(assume_centered=False).fit(Z[y[:300] == c])
+        assert auto.covariance_(k)[1] == pytest.approx(oas.shrinkage_, rel=1e-9)
+        np.testing.assert_allclose(auto.covariance_(k)[0], oas.covariance_, rtol=1e-7, atol=1e-12)
+
+
+def test_klda_equals_lda_on_its_random_fourier_features():
+    from pipeline.heads import random_features as rf
+    from pipeline.heads.klda import KLDAHead
+
+    X, y = data()
+    head = KLDAHead(shrinkage=0.1, random_features=300, kernel_gamma=0.5, seed=2)
+    for i in range(0, 300, 64):
+        head.partial_fit(X[i:min(i + 64, 300)], y[i:min(i + 64, 300)])
+    Z = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+    W, b = rf.projection(20, 300, 2, "fourier"), rf.phases(300, 20, 2)
+    F = np.sqrt(2 / 300) * np.cos(np.sqrt(2 * 0.5) * Z @ W + b)
+    kernel = np.exp(-0.5 * ((Z[:50, None] - Z[None, :50]) ** 2).sum(-1))
+    assert np.abs(F[:50] @ F[:50].T - kernel).max() < 0.25   # approximates the RBF kernel
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.1).fit(F[:300], y[:300].astype(str))
+    order = [head.classes_.index(c) for c in ref.classes_]
+    np.testing.assert_allclose(head.coef_[order], ref.coef_, rtol=1e-6, atol=1e-8)
+    agree = (head.predict(X[300:]).astype(str) == ref.predict(F[300:])).mean()
+    assert agree == 1.0
+
+
+@pytest.mark.parametrize("name,options", [("fecam", {}), ("fecam", {"covariance": "diagonal"}),
+                                          ("klda", {"random_features": 256})])
+def test_new_heads_are_order_free_and_merge_exactly(name, options):
+    X, y = data(600)
+    X = np.abs(X)
+    a = make_head(name, **options).partial_fit(X, y)
+    perm = np.random.default_rng(1).permutation(len(X))
+    b = make_head(name, **options)
+    for i in range(0, 600, 77):
+        b.partial_fit(X[perm][i:i + 77], y[perm][i:i + 77])
+    c = make_head(name, **options)  # one task per class, reversed class order
+    for label in sorted(set(y), reverse=True):
+        c.partial_fit(X[y == label], y[y == label])
+    merged = make_head(name, **options).partial_fit(X[:250], y[:250]).merge(
+        make_head(name, **options).partial_fit(X[250:], y[250:]))
+    assert merged.rows_seen_ == 600
+    test = np.abs(data(200, seed=9)[0])
+    for other in (b, c, merged):
+        np.testing.assert_array_equal(other.predict(test), a.predict(test))
+        pa, po = by_name(a, test), by_name(other, test)
+        for label in pa:
+            np.testing.assert_allclose(po[label], pa[label], rtol=1e-5, atol=1e-6)
+
+
+def test_class_incremental_fecam_and_klda_end_where_joint_training_does(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 1200, 16, [f"c{i}" for i in range(4)])
+    for head, options in (("fecam", {}), ("klda", {"random_features": 256})):
+        runs = [run_training([store], head=head, head_options=options, holdout=0.3, increment=1, class_order=order,
+                             **quiet) for order in ("c0,c1,c2,c3", "c3,c1,c0,c2")]  # same seed: same random features
+        assert runs[0]["tasks"] != runs[1]["tasks"]
+        for m in runs:
+            assert m["final_accuracy"] == m["joint_accuracy"]
+        assert runs[0]["final_accuracy"] == runs[1]["final_accuracy"]

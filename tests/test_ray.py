@@ -54,10 +54,10 @@ def _same_predictions(a, b, stores: list[Path]) -> None:
 
 
 HEADS = [("slda", {}), ("ridge", {}), ("ridge", {"random_features": 40, "ridge_lambda": 1.0}),
-         ("nme", {"class_means": "exact"})]
+         ("nme", {"class_means": "exact"}), ("fecam", {}), ("klda", {"random_features": 64})]
 
 
-@pytest.mark.parametrize("head,options", HEADS, ids=["slda", "ridge", "ridge-ranpac", "nme-exact"])
+@pytest.mark.parametrize("head,options", HEADS, ids=["slda", "ridge", "ridge-ranpac", "nme-exact", "fecam", "klda"])
 def test_ray_training_equals_one_process(ray_cluster, stores, tmp_path, head, options):
     local, m_local = _train(stores, tmp_path, head, "local", head=head, holdout=0.25, head_options=options)
     par, m_par = _train(stores, tmp_path, head, "ray", head=head, holdout=0.25, workers=2, head_options=options)

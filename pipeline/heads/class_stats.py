@@ -9,18 +9,33 @@ and applied only when the scatter is read (the shifted-data algorithm for
 variances, stable without a second pass). The result does not depend on row
 order, chunking or how the data was split, and two statistics merge exactly.
 The streaming LDA and ridge heads are functions of these statistics.
+
+``product="float32"`` computes each chunk's ``X^T X`` in float32 (twice the
+BLAS speed, half the temporary memory) and adds it to the float64 total: the
+product of one chunk loses about ``sqrt(rows) * 6e-8`` relative, measured in
+``docs/exemplar-free-heads.md``. RanPAC's random features use it; raw features
+keep float64, which the heads' scikit-learn equality tests need.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from pipeline.heads.random_features import check_memory
+
+ROW_BLOCK = 1024  # rows of a D x D result computed at a time, so a low-rank correction needs no D x D temporary
+
 
 class ClassStatistics:
     """``counts_`` (C,), ``means_`` (C, D) and the within-class scatter (D, D)."""
 
-    def __init__(self, dim: int):
+    product = "float64"  # models saved before the option existed
+
+    def __init__(self, dim: int, product: str = "float64"):
+        check_memory(2 * dim * dim * 8, f"statistics of {dim} dimensions (two {dim} x {dim} float64 matrices)",
+                     "use fewer features (--random-features)")
         self.dim = dim
+        self.product = product
         self.counts_ = np.zeros(0, np.int64)
         self.means_ = np.zeros((0, dim))
         self.refs_ = np.zeros((0, dim))
@@ -39,21 +54,31 @@ class ClassStatistics:
         """Fold in rows ``X`` of classes ``ks`` (indices into the class axis)."""
         order = np.argsort(ks, kind="stable")  # rows grouped by class: shifts are in-place slices
         present, starts, nb = np.unique(np.asarray(ks)[order], return_index=True, return_counts=True)
-        Xc = np.asarray(X)[order].astype(np.float64)
-        sums = np.stack([Xc[a:a + n].sum(axis=0) for a, n in zip(starts, nb)])
+        Xc = np.asarray(X)[order].astype(self.product)
+        sums = np.stack([Xc[a:a + n].sum(axis=0, dtype=np.float64) for a, n in zip(starts, nb)])
         new = self.counts_[present] == 0
         self.refs_[present[new]] = sums[new] / nb[new, None]
         for k, a, n in zip(present, starts, nb):
-            Xc[a:a + n] -= self.refs_[k]
+            Xc[a:a + n] -= self.refs_[k].astype(self.product)
         self.shifted_ += Xc.T @ Xc
         total = self.counts_[present] + nb
         self.means_[present] += (sums - nb[:, None] * self.means_[present]) / total[:, None]
         self.counts_[present] = total
 
     def within_scatter(self) -> np.ndarray:
-        """sum over rows of (x - mu_y)(x - mu_y)^T."""
-        d = self.means_ - self.refs_
-        return self.shifted_ - (d.T * self.counts_) @ d
+        """sum over rows of (x - mu_y)(x - mu_y)^T (a new array)."""
+        return self._corrected((self.means_ - self.refs_, -1.0))
+
+    def _corrected(self, *terms: tuple[np.ndarray, float]) -> np.ndarray:
+        """``shifted_`` plus ``sign * A^T diag(counts) A`` for each ``(A, sign)``, as a new array.
+
+        Written a block of rows at a time, so the only D x D memory is the result
+        (RanPAC's 10,000 x 10,000 statistics are 800 MB each).
+        """
+        out = self.shifted_.copy()
+        for A, sign in terms:
+            _add_low_rank(out, A, sign * self.counts_.astype(np.float64))
+        return out
 
     def merge(self, other: "ClassStatistics", mapping: np.ndarray) -> None:
         """Fold in another statistics object whose class k is this one's ``mapping[k]``."""
@@ -62,7 +87,10 @@ class ClassStatistics:
         n_a, n_b = self.counts_[idx].astype(np.float64), other.counts_[keep].astype(np.float64)
         total = n_a + n_b
         delta = other.means_[keep] - self.means_[idx]
-        scatter = self.within_scatter() + other.within_scatter() + (delta.T * (n_a * n_b / total)) @ delta
+        scatter = self.within_scatter()
+        scatter += other.shifted_
+        _add_low_rank(scatter, other.means_ - other.refs_, -other.counts_.astype(np.float64))
+        _add_low_rank(scatter, delta, n_a * n_b / total)
         self.means_[idx] += delta * (n_b / total)[:, None]
         self.counts_[idx] += other.counts_[keep]
         self.refs_ = self.means_.copy()
@@ -72,6 +100,12 @@ class ClassStatistics:
         return (self.counts_[:, None] * self.means_).sum(axis=0) / max(self.n, 1)
 
     def total_scatter(self) -> np.ndarray:
-        """sum over rows of (x - mu)(x - mu)^T: within plus between-class scatter."""
-        d = self.means_ - self.grand_mean()
-        return self.within_scatter() + (d.T * self.counts_) @ d
+        """sum over rows of (x - mu)(x - mu)^T: within plus between-class scatter (a new array)."""
+        return self._corrected((self.means_ - self.refs_, -1.0), (self.means_ - self.grand_mean(), 1.0))
+
+
+def _add_low_rank(out: np.ndarray, A: np.ndarray, w: np.ndarray) -> None:
+    """``out += A^T diag(w) A`` in place, a block of rows at a time (no D x D temporary)."""
+    for i in range(0, out.shape[0], ROW_BLOCK):
+        rows = slice(i, i + ROW_BLOCK)
+        out[rows] += (A[:, rows] * w[:, None]).T @ A

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 # Modules whose import registers heads. Keep them cheap to import: heavy libraries
 # (River, Keras) are imported inside the methods that need them.
 HEAD_MODULES = ("pipeline.heads.online_linear", "pipeline.heads.nme", "pipeline.heads.slda",
-                "pipeline.heads.ridge", "pipeline.heads.mlp")
+                "pipeline.heads.ridge", "pipeline.heads.mlp", "pipeline.heads.fecam", "pipeline.heads.klda")
 
 _HEADS: dict[str, type["Head"]] = {}
 _loaded = False

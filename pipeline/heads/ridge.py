@@ -7,10 +7,18 @@ the total scatter, and ``X^T Y`` is ``n_c (mu_c - mu)`` per class. So the
 result is independent of row order and task split, and models merge.
 
 - ``ridge_lambda="auto"`` picks lambda by generalised cross-validation from
-  one eigendecomposition of the Gram matrix (reported as ``lambda_``).
+  one eigendecomposition of the Gram matrix, shared by every candidate lambda
+  and by the solve itself (``W = Q diag(1 / (d + lambda)) Q^T X^T Y``), so a
+  solve costs one ``scipy.linalg.eigh`` and no Cholesky (reported as
+  ``lambda_``). Progressive validation does not run GCV: it solves by Cholesky
+  at ``PROGRESSIVE_LAMBDA`` times the mean eigenvalue (the trace over D), which
+  needs no eigendecomposition; held-out evaluation is always the GCV solve.
 - ``random_features=M``: RanPAC's fixed Gaussian projection to M dimensions
-  followed by ReLU, before the ridge; the projection (seeded) is kept in the
-  model.
+  followed by ReLU, before the ridge. The projection is generated from the
+  seed a block of columns at a time (:mod:`pipeline.heads.random_features`)
+  and not stored in the model; the M x M statistics are accumulated from
+  float32 chunk products into float64. Models saved before kept the matrix
+  (``projection_`` in their state) and go on using it.
 
 Probabilities are the one-hot regression scores clipped at 0 and normalised.
 
@@ -29,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import HeadError
+from pipeline.heads import random_features as rf
+from pipeline.heads.class_stats import ClassStatistics
 from pipeline.heads.registry import Capabilities, Option, register
 from pipeline.heads.statistics_head import StatisticsHead
 
@@ -36,6 +46,8 @@ if TYPE_CHECKING:
     from typing import Self
 
 LAMBDA_GRID = np.logspace(-6, 3, 46)  # multiples of the mean eigenvalue of the Gram matrix
+PROGRESSIVE_LAMBDA = 1e-2  # progressive validation's multiple of the mean eigenvalue under --lambda auto
+KEEP_PROJECTION_BYTES = 256 * 2**20  # keep the assembled projection in memory up to this size
 
 
 @register
@@ -46,7 +58,7 @@ class RidgeHead(StatisticsHead):
         Option("ridge_lambda", float, "auto", "L2 penalty, or auto (generalised cross-validation)",
                low=0.0, low_open=True, auto=True, flag="--lambda"),
         Option("random_features", int, None, "RanPAC random ReLU projection to M dimensions before the ridge",
-               low=1, high=65536),
+               low=1, high=1_000_000),
         Option("seed", int, 0, "seed of the random projection", low=0, high=2**32 - 1, from_run=True),
     )
     capabilities = Capabilities(order_free=True, mergeable=True, class_incremental="adds a column; no forgetting")
@@ -58,36 +70,60 @@ class RidgeHead(StatisticsHead):
         if random_features is not None and random_features < 1:
             raise HeadError(f"random_features must be positive, got {random_features}")
         self.ridge_lambda, self.random_features, self.seed = ridge_lambda, random_features, seed
-        self.projection_: np.ndarray | None = None
 
     def settings(self) -> dict[str, Any]:
         return {"ridge_lambda": self.ridge_lambda, "random_features": self.random_features, "seed": self.seed}
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_matrix", None)  # regenerated from the seed
+        return state
+
+    @property
+    def projection_(self) -> np.ndarray | None:
+        """The (d, M) random projection: stored by models saved before, else generated from the seed."""
+        if self.random_features is None or self.n_features_in_ is None:
+            return None
+        stored = self.__dict__.get("projection_")
+        if stored is not None:
+            return stored
+        return self._kept_matrix() if self._kept_matrix() is not None else \
+            rf.projection(self.n_features_in_, self.random_features, self.seed)
+
+    def _kept_matrix(self) -> np.ndarray | None:
+        matrix = self.__dict__.get("_matrix")
+        if matrix is None and self.n_features_in_ and self.random_features \
+                and 4 * self.n_features_in_ * self.random_features <= KEEP_PROJECTION_BYTES:
+            matrix = self.__dict__["_matrix"] = rf.projection(self.n_features_in_, self.random_features, self.seed)
+        return matrix
+
     def _features(self, X: np.ndarray) -> np.ndarray:
         if self.random_features is None:
             return X  # ClassStatistics makes its own float64 copy
-        if self.projection_ is None:
-            rng = np.random.default_rng(self.seed)
-            self.projection_ = rng.standard_normal((X.shape[1], self.random_features)).astype(np.float32)
-        return np.maximum(np.asarray(X, np.float64) @ self.projection_, 0.0)
+        stored = self.__dict__.get("projection_")
+        if stored is not None:  # a model saved before: its own matrix, float64 product as then
+            return np.maximum(np.asarray(X, np.float64) @ stored, 0.0)
+        return rf.project(X, self.random_features, self.seed, matrix=self._kept_matrix())
 
     def _stats_dim(self) -> int:
         return self.random_features or self.n_features_in_ or 0
 
+    def _new_statistics(self) -> ClassStatistics:
+        product = "float32" if self.random_features is not None and "projection_" not in self.__dict__ else "float64"
+        return ClassStatistics(self._stats_dim(), product=product)
+
     def _targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(centred Gram matrix (a new array the caller may overwrite), X^T Y centred, grand mean)``."""
         st = self._fitted_stats()
         mu = st.grand_mean()
         gram = st.total_scatter()
         xty = ((st.means_ - mu) * st.counts_[:, None]).T  # (D, C) = Xc^T Yc
         return gram, xty, mu
 
-    def gcv_lambda(self) -> tuple[float, dict[str, list[float]]]:
-        """Lambda minimising generalised cross-validation, and the curve it came from."""
+    def _gcv(self, d: np.ndarray, B: np.ndarray) -> tuple[float, dict[str, list[float]]]:
+        """GCV over the grid from the eigenvalues ``d`` and ``B = Q^T X^T Y``: no solve per lambda."""
         st = self._fitted_stats()
-        gram, xty, _ = self._targets()
-        d, Q = np.linalg.eigh(gram)
-        d = np.maximum(d, 0.0)
-        B2 = ((Q.T @ xty) ** 2).sum(axis=1)
+        B2 = (B ** 2).sum(axis=1)
         n = st.n
         yy = float((st.counts_ * (1 - st.counts_ / n)).sum())
         grid = LAMBDA_GRID * max(d.mean(), 1e-12)
@@ -99,20 +135,65 @@ class RidgeHead(StatisticsHead):
         best = int(np.argmin(scores))
         return float(grid[best]), {"lambda": grid.tolist(), "gcv": scores}
 
-    def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
+    def _eigen(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(eigenvalues clipped at 0, eigenvectors, X^T Y, grand mean)`` of the centred Gram matrix."""
+        from scipy.linalg import eigh  # ~0.5 s to import: not at start-up
+
+        gram, xty, mu = self._targets()
+        d, Q = eigh(gram, overwrite_a=True, check_finite=False)
+        return np.maximum(d, 0.0), Q, xty, mu
+
+    def gcv_lambda(self) -> tuple[float, dict[str, list[float]]]:
+        """Lambda minimising generalised cross-validation, and the curve it came from."""
+        d, Q, xty, _ = self._eigen()
+        return self._gcv(d, Q.T @ xty)
+
+    def _cholesky_solve(self, lam: float) -> np.ndarray:
+        """``(G + lambda I)^-1 X^T Y`` by Cholesky, factorised in place.
+
+        Round-off (float32 chunk products, near-duplicate features) can leave
+        ``G + lambda I`` a hair from positive definite; then a jitter growing from
+        1e-10 to 1e-2 of the mean diagonal is added, never an O(D^3)-memory
+        fallback (an SVD of RanPAC's 10,000 x 10,000 matrix needs gigabytes).
+        """
         from scipy.linalg import cho_factor, cho_solve  # ~0.5 s to import: not at start-up
 
+        for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
+            gram, xty, _ = self._targets()
+            scale = max(float(np.trace(gram)) / len(gram), 1e-300)
+            gram[np.diag_indices_from(gram)] += lam + jitter * scale
+            try:
+                return cho_solve(cho_factor(gram, lower=True, overwrite_a=True, check_finite=False), xty,
+                                 check_finite=False)
+            except np.linalg.LinAlgError:
+                continue
+        gram, xty, _ = self._targets()
+        gram[np.diag_indices_from(gram)] += lam
+        return np.linalg.lstsq(gram, xty, rcond=None)[0]
+
+    def _rule(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         st = self._fitted_stats()
-        gram, xty, mu = self._targets()
-        lam = self.gcv_lambda()[0] if self.ridge_lambda == "auto" else float(self.ridge_lambda)
-        A = gram.copy()
-        A[np.diag_indices_from(A)] += lam
-        try:
-            W = cho_solve(cho_factor(A, lower=True, check_finite=False), xty, check_finite=False)
-        except np.linalg.LinAlgError:
-            W = np.linalg.lstsq(A, xty, rcond=None)[0]
-        intercept = st.counts_ / max(st.n, 1) - mu @ W
-        return W.T, intercept, lam
+        intercept = st.counts_ / max(st.n, 1) - st.grand_mean() @ W
+        return W.T, intercept
+
+    def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
+        if self.ridge_lambda == "auto":
+            d, Q, xty, _ = self._eigen()
+            B = Q.T @ xty
+            lam = self._gcv(d, B)[0]
+            W = Q @ (B / (d + lam)[:, None])
+        else:
+            lam = float(self.ridge_lambda)
+            W = self._cholesky_solve(lam)
+        return (*self._rule(W), lam)
+
+    def _progressive_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.ridge_lambda != "auto":
+            return super()._progressive_coefficients()
+        st = self._fitted_stats()
+        trace = float(np.trace(st.shifted_) - (st.counts_ * ((st.means_ - st.refs_) ** 2).sum(axis=1)).sum()
+                      + (st.counts_ * ((st.means_ - st.grand_mean()) ** 2).sum(axis=1)).sum())
+        return self._rule(self._cholesky_solve(PROGRESSIVE_LAMBDA * max(trace / st.dim, 1e-12)))
 
     @property
     def lambda_(self) -> float:
@@ -125,11 +206,14 @@ class RidgeHead(StatisticsHead):
 
     def merge(self, other: Self) -> Self:
         """Fold in a model trained on other rows (same random projection): equals training on both."""
-        if self.random_features is not None and other.projection_ is not None:
-            if self.projection_ is None:
-                self.projection_ = other.projection_
-            elif not np.array_equal(self.projection_, other.projection_):
-                raise HeadError("cannot merge ridge models with different random projections")
+        if self.random_features is not None and self.n_features_in_ is not None and other.n_features_in_ is not None:
+            mine, theirs = self.__dict__.get("projection_"), other.__dict__.get("projection_")
+            if (mine is None) != (theirs is None) or mine is not None and theirs is not None \
+                    and not np.array_equal(mine, theirs):
+                raise HeadError("cannot merge ridge models with different random projections "
+                                "(one saved by an older version keeps its own matrix)")
+        if self.n_features_in_ is None and "projection_" in other.__dict__:
+            self.__dict__["projection_"] = other.__dict__["projection_"]
         super().merge(other)
         return self
 

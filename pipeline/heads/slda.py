@@ -43,7 +43,7 @@ def oas_shrinkage(cov: np.ndarray, n: int) -> float:
 class SLDAHead(StatisticsHead):
     name = "slda"
     summary = "streaming LDA: class means + shared covariance; no forgetting"
-    options = (Option("shrinkage", float, "auto", "covariance shrinkage, or auto (OAS estimate)",
+    options: tuple[Option, ...] = (Option("shrinkage", float, "auto", "covariance shrinkage, or auto (OAS estimate)",
                       low=0.0, high=1.0, auto=True),)
     capabilities = Capabilities(order_free=True, mergeable=True, class_incremental="adds a mean; no forgetting")
 

@@ -3,6 +3,15 @@
 Subclasses say how to turn the statistics into ``(coef, intercept, setting)``
 (``_solve``) and, optionally, how rows are mapped before counting
 (``_features``); learning, caching, prediction and exact merging live here.
+
+Solves are lazy: learning only updates the statistics and bumps ``version_``;
+the first prediction after a change solves, and the solution is reused until
+the statistics change again (merging counts as a change). Progressive
+validation refreshes its solution when the rows seen have doubled *and* grown
+by at least ``min_refresh_gap`` rows per statistics dimension, so its solves
+cost a bounded share of learning: a solve is about D^3/3 operations and the
+update about D^2 per row, so a gap of D rows caps the solves at about a third
+of the update work, and O(log rows) solves in all.
 """
 
 from __future__ import annotations
@@ -27,12 +36,16 @@ class StatisticsHead(Head):
     # follow the rows seen, not the chunk size, and cost O(log rows) solves in all.
     # Held-out evaluation is always exact.
     progressive_refresh = 2.0
+    min_refresh_gap = 1.0  # rows per statistics dimension between two progressive solves
     first_block = 8   # rows predicted with nothing learnt yet (None, counted as errors)
+    version_ = 0      # bumped whenever the statistics change (class default for models saved before)
+    _solution: tuple[int, np.ndarray, np.ndarray, float] | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.stats_: ClassStatistics | None = None
-        self._cache: tuple[np.ndarray, np.ndarray, float] | None = None
+        self.version_ = 0
+        self._solution = None
         self._progressive: tuple[np.ndarray, np.ndarray, int, int] | None = None
 
     # -- hooks -----------------------------------------------------------------
@@ -46,10 +59,14 @@ class StatisticsHead(Head):
         raise NotImplementedError
 
     # -- learning --------------------------------------------------------------
+    def _new_statistics(self) -> ClassStatistics:
+        return ClassStatistics(self._stats_dim())
+
     def _add_class(self, label: Hashable) -> None:
         if self.stats_ is None:
-            self.stats_ = ClassStatistics(self._stats_dim())
+            self.stats_ = self._new_statistics()
         self.stats_.add_class()
+        self.version_ += 1
 
     def _fitted_stats(self) -> ClassStatistics:
         """The statistics, which exist once a class was seen."""
@@ -60,14 +77,20 @@ class StatisticsHead(Head):
     def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
         ks = self._class_indices(y)
         self._fitted_stats().update(self._features(X), ks)
-        self._cache = None
+        self.version_ += 1
 
     # -- prediction --------------------------------------------------------------
     def _coefficients(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """``(coef (C, D), intercept (C,), the shrinkage or lambda used)``, cached until new rows."""
-        if self._cache is None:
-            self._cache = self._solve()
-        return self._cache
+        """``(coef (C, D), intercept (C,), the shrinkage or lambda used)``, solved once per ``version_``."""
+        cached = self._solution
+        if cached is None or cached[0] != self.version_:
+            cached = self._solution = (self.version_, *self._solve())
+        return cached[1], cached[2], cached[3]
+
+    def _progressive_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rule progressive validation predicts with: the exact one unless a head has a cheaper one."""
+        coef, intercept, _ = self._coefficients()
+        return coef, intercept
 
     @property
     def coef_(self) -> np.ndarray:
@@ -96,15 +119,20 @@ class StatisticsHead(Head):
                 stop = min(len(X), start + self.first_block)
             else:
                 p, n = self._progressive, self._fitted_stats().n
-                if p is None or n >= self.progressive_refresh * p[2] or len(self.classes_) != p[3]:
-                    coef, intercept, _ = self._coefficients()
+                if p is None or n >= self._next_refresh(p[2]) or len(self.classes_) != p[3]:
+                    coef, intercept = self._progressive_coefficients()
                     p = self._progressive = (coef, intercept, n, len(self.classes_))
-                stop = min(len(X), start + max(1, int(np.ceil(self.progressive_refresh * p[2])) - n))
+                stop = min(len(X), start + max(1, self._next_refresh(p[2]) - n))
                 scores = np.asarray(self._features(X[start:stop]), np.float64) @ p[0].T + p[1]
                 preds[start:stop] = np.array(self.classes_[: p[3]], dtype=object)[np.argmax(scores, axis=1)]
             self.partial_fit(X[start:stop], y[start:stop], None if paths is None else paths[start:stop])
             start = stop
         return preds
+
+    def _next_refresh(self, solved_at: int) -> int:
+        """Rows seen at which progressive validation solves again, after solving at ``solved_at`` rows."""
+        gap = int(np.ceil(self.min_refresh_gap * self._fitted_stats().dim))
+        return max(int(np.ceil(self.progressive_refresh * solved_at)), solved_at + gap)
 
     # -- merging -----------------------------------------------------------------
     def _check_mergeable(self, other: StatisticsHead) -> None:
@@ -125,5 +153,5 @@ class StatisticsHead(Head):
         mapping = self._class_indices(other.classes_)
         self._fitted_stats().merge(other.stats_, mapping)
         self.rows_seen_ += other.rows_seen_
-        self._cache = None
+        self.version_ += 1
         return self
