@@ -195,7 +195,8 @@ def _check_orders(increment: int | None, tasks: str | None, class_order: str | N
         raise OptionError("--orders cannot --checkpoint-every: an interrupted multi-order run is rerun whole")
 
 
-ORDER_KEYS = ("final_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer", "joint_accuracy")
+ORDER_KEYS = ("final_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer", "learning_accuracy",
+              "joint_accuracy")
 
 
 def run_orders(orders: int, *, seed: int = 0, metrics_out: Path | None = None, plot: Path | None = None,
@@ -252,8 +253,10 @@ def orders_summary_text(metrics: dict[str, Any], model_out: Path | None) -> str:
     for r in runs:
         lines.append(f"  order {r['order']} (seed {r['order_seed']}): final {_pct(r.get('final_accuracy'))}, "
                      f"average incremental {_pct(r.get('average_incremental_accuracy'))}, "
-                     f"forgetting {_pct(r.get('forgetting'))}"
+                     f"forgetting {_pct(r.get('forgetting'))}, learning {_pct(r.get('learning_accuracy'))}"
                      + (f", joint {_pct(r['joint_accuracy'])}" if r.get("joint_accuracy") is not None else ""))
+        if r.get("tasks_not_learnt"):
+            lines.append("    " + not_learnt_text(r["tasks_not_learnt"], r["tasks"]))
     for key in ORDER_KEYS:
         if agg[key]["mean"] is not None:
             lines.append(f"{key.replace('_', ' ')}: {_pct(agg[key]['mean'])} +/- {_pct(agg[key]['std'])}")
@@ -294,9 +297,19 @@ def summary(metrics: dict[str, Any], model_out: Path | None) -> str:
                      f"average incremental {_pct(metrics.get('average_incremental_accuracy'))}, "
                      f"forgetting {_pct(metrics.get('forgetting'))}, backward transfer {_pct(metrics.get('backward_transfer'))}"
                      + (f", joint reference {_pct(metrics['joint_accuracy'])}" if "joint_accuracy" in metrics else ""))
+        lines.append(f"learning accuracy (each task right after it): {_pct(metrics.get('learning_accuracy'))}")
+        if metrics.get("tasks_not_learnt"):
+            lines.append(not_learnt_text(metrics["tasks_not_learnt"], metrics["tasks"]))
     if model_out is not None:
         lines.append(f"model saved to {model_out}")
     return "\n".join(lines)
+
+
+def not_learnt_text(numbers: list[int], tasks: list[list[str]]) -> str:
+    """The warning for tasks whose classes were never predicted, even right after learning them."""
+    names = "; ".join(f"task {k} ({', '.join(tasks[k - 1])})" for k in numbers)
+    return (f"warning: never learnt (0% right after learning it, so its forgetting of 0 means nothing was "
+            f"learnt, not that nothing was forgotten): {names}")
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:

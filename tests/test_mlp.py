@@ -239,3 +239,17 @@ def test_bad_options_are_refused_by_name():
         MLPHead(method="gem")
     with pytest.raises(HeadError, match="batch_size"):
         MLPHead(batch_size=0)
+
+
+@pytest.mark.parametrize("method", ["finetune", "er", "ewc", "lwf", "icarl", "agem"])
+def test_every_method_learns_a_task_of_one_class(method):
+    """A task that adds a single class (one new product, one new species) is learnt: its held-out rows get its label.
+    (LwF's cross-entropy over the new task's outputs alone is constant for one output: it never learnt such a task.)"""
+    head = MLPHead(hidden=8, chunk_passes=10, batch_size=16, lr=0.01, method=method,
+                   **({"memory": 20} if method in ("er", "icarl", "agem") else {}))
+    for t, classes in enumerate([["a", "b"], ["c", "d"], ["e"]]):
+        head.before_task(t, classes)
+        head.partial_fit(*blobs(classes, 80, seed=t))
+        head.after_task()
+    Xe, ye = blobs(["e"], 40, seed=9)
+    assert np.mean(head.predict(Xe) == ye) > 0.75   # chance: 0.2
