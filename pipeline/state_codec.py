@@ -37,7 +37,8 @@ import numpy as np
 ALLOWED_CLASSES: dict[str, tuple[str, ...]] = {
     "pipeline.heads.online_linear": ("LogRegHead", "SoftmaxHead", "FastLinearHead", "OnlineLinearModel"),
     "pipeline.heads.nme": ("NMEHead",),
-    "pipeline.heads.exemplars": ("ClassPools", "_Reservoir", "ExemplarMemory", "ExemplarSet", "ExperienceReplay"),
+    "pipeline.heads.exemplars": ("ClassPools", "_Reservoir", "ExemplarMemory", "ExemplarSet", "ExperienceMemory",
+                                 "ExperienceReplay"),
     "pipeline.heads.slda": ("SLDAHead",),
     "pipeline.heads.ridge": ("RidgeHead",),
     "pipeline.heads.class_stats": ("ClassStatistics",),
