@@ -59,7 +59,7 @@ class MLPHead(Head):
         Option("seed", int, 0, "seed of the weights and mini-batch order", low=0, high=2**32 - 1, from_run=True),
         MEMORY_OPTION,
         POOL_OPTION,
-        Option("ewc_lambda", float, 1e5, "ewc: weight of the quadratic penalty", low=0.0),
+        Option("ewc_lambda", float, 1.0, "ewc: weight of the quadratic penalty (Fisher normalised to mean 1)", low=0.0),
         Option("gamma", float, 1.0, "ewc: decay of the accumulated Fisher (online EWC)", low=0.0, high=1.0),
         Option("temperature", float, 2.0, "lwf: distillation temperature", low=0.0, low_open=True),
         Option("distill_weight", float, 1.0, "lwf: weight of the distillation loss", low=0.0),
@@ -69,7 +69,7 @@ class MLPHead(Head):
 
     def __init__(self, hidden: int | Sequence[int] = 512, batch_size: int = 64, chunk_passes: int = 1,
                  lr: float = 1e-3, seed: int = 0, method: str = "finetune", memory: int = 2000,
-                 pool_size: int = 1000, ewc_lambda: float = 1e5, gamma: float = 1.0, temperature: float = 2.0,
+                 pool_size: int = 1000, ewc_lambda: float = 1.0, gamma: float = 1.0, temperature: float = 2.0,
                  distill_weight: float = 1.0):
         super().__init__()
         self.hidden = tuple(h for h in (int(h) for h in np.atleast_1d(hidden)) if h > 0)

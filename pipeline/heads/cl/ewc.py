@@ -67,7 +67,7 @@ def ewc_penalty(ops: Any, params: list[Any], fisher: list[Any], anchor: list[Any
 class EWC(Method):
     name = "ewc"
 
-    def __init__(self, ewc_lambda: float = 1e5, gamma: float = 1.0, pool_size: int = 1000, seed: int = 0):
+    def __init__(self, ewc_lambda: float = 1.0, gamma: float = 1.0, pool_size: int = 1000, seed: int = 0):
         self.ewc_lambda, self.gamma, self.pool_size, self.seed = ewc_lambda, gamma, pool_size, seed
         self.fisher_: list[np.ndarray] | None = None
         self.anchor_: list[np.ndarray] | None = None
