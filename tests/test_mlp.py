@@ -213,7 +213,7 @@ def test_state_is_data_only_and_a_rebuilt_head_predicts_identically(method):
     assert MLPHead(**head.settings()).settings() == head.settings()
 
 
-@pytest.mark.parametrize("method", ["finetune", "icarl"])
+@pytest.mark.parametrize("method", ["finetune", "icarl", "agem"])
 def test_saved_through_the_data_only_model_format(tmp_path, method):
     from pipeline.models import TrainedModel, load_model, save_model
 
