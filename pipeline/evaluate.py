@@ -99,11 +99,22 @@ def continual_metrics(matrix: Sequence[Sequence[float | None]]) -> dict[str, Any
       the caller; here: mean over i of the mean of R[i][:i+1] (task-balanced).
     - forgetting: mean over j < T-1 of max_{i<T-1} R[i][j] - R[T-1][j].
     - backward transfer: mean over j < T-1 of R[T-1][j] - R[j][j].
+    - learning accuracy: mean over j of R[j][j], the accuracy on each task right
+      after learning it; ``tasks_not_learnt`` lists (from 1) the tasks whose
+      classes were never predicted right then (R[j][j] = 0). Such a task has
+      nothing to forget: its forgetting of 0 means it was never learnt, not kept.
+
+    >>> m = continual_metrics([[1.0, None], [1.0, 0.0]])
+    >>> m["forgetting"], m["learning_accuracy"], m["tasks_not_learnt"]
+    (0.0, 0.5, [2])
     """
     R = np.array([[np.nan if v is None else v for v in row] for row in matrix], float)
     T = len(R)
     per_step = [float(np.nanmean(R[i, : i + 1])) for i in range(T)]
-    out: dict[str, Any] = {"task_balanced_incremental_accuracy": float(np.mean(per_step))}
+    diagonal = [float(R[j, j]) for j in range(T)]
+    out: dict[str, Any] = {"task_balanced_incremental_accuracy": float(np.mean(per_step)),
+                           "learning_accuracy": float(np.nanmean(diagonal)) if T else float("nan"),
+                           "tasks_not_learnt": [j + 1 for j, a in enumerate(diagonal) if a == 0.0]}
     if T > 1:
         forgetting = [float(np.nanmax(R[: T - 1, j]) - R[T - 1, j]) for j in range(T - 1)]
         bwt = [float(R[T - 1, j] - R[j, j]) for j in range(T - 1)]

@@ -17,11 +17,16 @@ RUN_OPTIONS = {o.name: o for o in (
     Option("chunk_rows", int, 4096, "rows read per chunk", low=1, high=10**7),
     Option("seed", int, 0, "seed of every random choice (shuffle, class order, sampling)", low=0, high=2**32 - 1),
     Option("checkpoint_every", int, 0, "save to --model-out every N rows", low=0, high=2**62),
-    Option("increment", int, None, "class-incremental: N classes per task, in --class-order", low=1, high=10**6),
+    Option("increment", int, None, "class-incremental: N classes per task, in --class-order; when N does not "
+           "divide the classes the last task is smaller (5 classes by 2: tasks of 2, 2, 1)", low=1, high=10**6),
     Option("first_increment", int, None, "class-incremental: N classes in the first task, then --increment per "
            "task (B50 Inc10: --first-increment 50 --increment 10)", low=1, high=10**6),
-    Option("orders", int, None, "class-incremental: repeat the run over K class orders (order k: the shuffle "
-           "seeded with --seed + k) and report mean and std", low=1, high=1000),
+    Option("orders", int, None, "class-incremental: repeat the run over K distinct class orders and report mean "
+           "and std; order 1 is the shuffle seeded with --order-seed, each next one the shuffle of the next seed "
+           "that splits the classes into tasks differently (seeds repeating an earlier order are skipped; "
+           "refused when K exceeds the number of distinct splits)", low=1, high=1000),
+    Option("order_seed", int, None, "class-incremental: seed of the class order (the shuffle for --increment) "
+           "[default: --seed]; --seed still seeds the head and the row shuffle", low=0, high=2**32 - 1),
 )}
 
 

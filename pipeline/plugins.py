@@ -199,6 +199,9 @@ def evaluate_task(head: Head, test: FeatureStream, tasks: list[list[str]], task:
         per_class.append({str(c): _none_if_nan(ev.accuracy_on({c})) for c in sorted(seen)})
     log(f"task {task + 1}/{len(tasks)} ({', '.join(tasks[task])}): accuracy on the "
         f"{len(seen)} classes seen {fmt(ev.accuracy)}")
+    if row[task] == 0.0:
+        log(f"warning: task {task + 1} ({', '.join(tasks[task])}) was not learnt: none of its held-out rows "
+            "is predicted as its class(es) right after learning it")
     return row, ev.accuracy
 
 

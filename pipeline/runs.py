@@ -102,7 +102,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
     nums = check_run_options({"holdout": holdout, "eval_every": eval_every, "epochs": epochs,
                               "shuffle_buffer": shuffle_buffer, "chunk_rows": chunk_rows, "seed": seed,
                               "checkpoint_every": checkpoint_every, "increment": increment,
-                              "first_increment": first_increment, "orders": orders})
+                              "first_increment": first_increment, "orders": orders, "order_seed": order_seed})
     if orders is not None:
         _check_orders(increment, tasks, class_order, resume, checkpoint_every)
         return run_orders(orders, stores=stores, head=head, head_options=head_options, holdout=holdout,
@@ -111,7 +111,11 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                           checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete,
                           quiet=quiet, increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint,
                           replay=replay, first_increment=first_increment, log_dir=log_dir, executor=executor,
-                          workers=workers, trust_pickle=trust_pickle, echo=echo, out=out)
+                          workers=workers, trust_pickle=trust_pickle, report=report, order_seed=order_seed,
+                          echo=echo, out=out)
+    if order_seed is not None and (increment is None or class_order is not None):
+        raise OptionError("--order-seed seeds the class order of an --increment run"
+                          + ("; --class-order already fixes it" if class_order is not None else ": give --increment"))
     if model_out is None and resume is not None:
         model_out = resume
     incremental = increment is not None or tasks is not None
@@ -224,27 +228,36 @@ def _check_orders(increment: int | None, tasks: str | None, class_order: str | N
         raise OptionError("--orders cannot --checkpoint-every: an interrupted multi-order run is rerun whole")
 
 
-ORDER_KEYS = ("final_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer", "joint_accuracy")
+ORDER_KEYS = ("final_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer", "learning_accuracy",
+              "joint_accuracy")
 
 
-def run_orders(orders: int, *, seed: int = 0, metrics_out: Path | None = None, plot: Path | None = None,
-               model_out: Path | None = None, log_dir: Path | None = None, report: Path | None = None,
-               quiet: bool = False,
-               echo: Echo = print, out: Echo = print, **options: Any) -> dict[str, Any]:
-    """The same class-incremental run over ``orders`` class orders, order k shuffled with ``seed + k``
-    (order 0 is the order of a plain run); everything else (row shuffle, head seed) keeps ``seed``,
-    so the joint reference, which ignores the class order, is trained once and reported for every order.
+def run_orders(orders: int, *, seed: int = 0, order_seed: int | None = None, metrics_out: Path | None = None,
+               plot: Path | None = None, model_out: Path | None = None, log_dir: Path | None = None,
+               report: Path | None = None, quiet: bool = False, echo: Echo = print, out: Echo = print, **options: Any) -> dict[str, Any]:
+    """The same class-incremental run over ``orders`` distinct class orders (:func:`pipeline.train.distinct_orders`):
+    order 1 is the shuffle seeded with ``order_seed`` (default ``seed``), the order of a plain run; each
+    next one the shuffle of the next seed that splits the classes into tasks differently. Everything else
+    (row shuffle, head seed) keeps ``seed``, so the joint reference, which ignores the class order, is trained
+    once and reported for every order.
 
-    Returns ``{"orders": [metrics of each order], "orders_summary": {key: {mean, std, values}}}``
-    (std: numpy's, ddof=0). Only the first order's model is saved to ``model_out``; ``plot`` and
-    ``log_dir`` get one file / folder per order (``NAME.order-K.png``, ``DIR/order-K``), and so does ``report``.
+    Returns ``{"orders": [metrics of each order], "class_orders": [...], "order_seeds": [...],
+    "orders_summary": {key: {mean, std, values}}}`` (std: numpy's, ddof=0). Only the first order's model is
+    saved to ``model_out``; ``plot`` and ``log_dir`` get one file / folder per order (``NAME.order-K.png``,
+    ``DIR/order-K``), and so does ``report``.
     """
+    from pipeline.train import distinct_orders
+
+    base = seed if order_seed is None else order_seed
+    with FeatureStream(options["stores"], allow_incomplete=options.get("allow_incomplete", False)) as probe:
+        classes = list(probe.classes)
+    chosen = distinct_orders(classes, options["increment"], orders, base, options.get("first_increment"))
     results: list[dict[str, Any]] = []
-    for k in range(orders):
-        echo(f"order {k + 1}/{orders}: classes shuffled with seed {seed + k}")
+    for k, (s, _) in enumerate(chosen):
+        echo(f"order {k + 1}/{orders}: classes shuffled with seed {s}")
         if k == 1 and "joint_accuracy" in results[0]:
             options["no_joint"] = True  # the joint reference ignores the class order: the same for every order
-        m = run_training(**options, seed=seed, order_seed=seed + k, quiet=quiet, echo=echo,
+        m = run_training(**options, seed=seed, order_seed=s, quiet=quiet, echo=echo,
                          out=(lambda s: None) if orders > 1 else out, model_out=model_out if k == 0 else None,
                          plot=_numbered(plot, k) if plot is not None and orders > 1 else plot,
                          report=_numbered(report, k) if report is not None and orders > 1 else report,
@@ -253,10 +266,11 @@ def run_orders(orders: int, *, seed: int = 0, metrics_out: Path | None = None, p
             m["joint_accuracy"] = results[0]["joint_accuracy"]
             m["joint_minus_final"] = (m["joint_accuracy"] - m["final_accuracy"]
                                       if m.get("final_accuracy") is not None else None)
-        results.append({"order": k + 1, "order_seed": seed + k, "class_order": [c for t in m["tasks"] for c in t],
+        results.append({"order": k + 1, "order_seed": s, "class_order": [c for t in m["tasks"] for c in t],
                         **m})
     summary_ = {key: _mean_std([r.get(key) for r in results]) for key in ORDER_KEYS}
     metrics = {"head": results[0]["head"], "settings": results[0]["settings"], "seed": seed,
+               "order_seeds": [r["order_seed"] for r in results], "class_orders": [r["tasks"] for r in results],
                "orders": results, "orders_summary": summary_}
     if metrics_out is not None:
         write_json(metrics, metrics_out)
@@ -278,13 +292,15 @@ def _mean_std(values: list[float | None]) -> dict[str, Any]:
 def orders_summary_text(metrics: dict[str, Any], model_out: Path | None) -> str:
     runs, agg = metrics["orders"], metrics["orders_summary"]
     lines = [f"head {metrics['head']} {json.dumps(metrics['settings'])}",
-             f"{len(runs)} class orders (seeds {runs[0]['order_seed']}..{runs[-1]['order_seed']}), "
+             f"{len(runs)} class orders, all distinct (seeds {', '.join(str(r['order_seed']) for r in runs)}), "
              f"{len(runs[0]['tasks'])} tasks each:"]
     for r in runs:
         lines.append(f"  order {r['order']} (seed {r['order_seed']}): final {_pct(r.get('final_accuracy'))}, "
                      f"average incremental {_pct(r.get('average_incremental_accuracy'))}, "
-                     f"forgetting {_pct(r.get('forgetting'))}"
+                     f"forgetting {_pct(r.get('forgetting'))}, learning {_pct(r.get('learning_accuracy'))}"
                      + (f", joint {_pct(r['joint_accuracy'])}" if r.get("joint_accuracy") is not None else ""))
+        if r.get("tasks_not_learnt"):
+            lines.append("    " + not_learnt_text(r["tasks_not_learnt"], r["tasks"]))
     for key in ORDER_KEYS:
         if agg[key]["mean"] is not None:
             lines.append(f"{key.replace('_', ' ')}: {_pct(agg[key]['mean'])} +/- {_pct(agg[key]['std'])}")
@@ -325,9 +341,19 @@ def summary(metrics: dict[str, Any], model_out: Path | None) -> str:
                      f"average incremental {_pct(metrics.get('average_incremental_accuracy'))}, "
                      f"forgetting {_pct(metrics.get('forgetting'))}, backward transfer {_pct(metrics.get('backward_transfer'))}"
                      + (f", joint reference {_pct(metrics['joint_accuracy'])}" if "joint_accuracy" in metrics else ""))
+        lines.append(f"learning accuracy (each task right after it): {_pct(metrics.get('learning_accuracy'))}")
+        if metrics.get("tasks_not_learnt"):
+            lines.append(not_learnt_text(metrics["tasks_not_learnt"], metrics["tasks"]))
     if model_out is not None:
         lines.append(f"model saved to {model_out}")
     return "\n".join(lines)
+
+
+def not_learnt_text(numbers: list[int], tasks: list[list[str]]) -> str:
+    """The warning for tasks whose classes were never predicted, even right after learning them."""
+    names = "; ".join(f"task {k} ({', '.join(tasks[k - 1])})" for k in numbers)
+    return (f"warning: never learnt (0% right after learning it, so its forgetting of 0 means nothing was "
+            f"learnt, not that nothing was forgotten): {names}")
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:

@@ -42,7 +42,8 @@ from pipeline.heads.registry import registered_classes
 # state_classes (pipeline.heads.registry.registered_classes): state that several heads share.
 ALLOWED_CLASSES: dict[str, tuple[str, ...]] = {
     "pipeline.heads.online_linear": ("FastLinearHead", "OnlineLinearModel"),
-    "pipeline.heads.exemplars": ("ClassPools", "_Reservoir", "ExemplarMemory", "ExemplarSet", "ExperienceReplay"),
+    "pipeline.heads.exemplars": ("ClassPools", "_Reservoir", "ExemplarMemory", "ExemplarSet", "ExperienceMemory",
+                                 "ExperienceReplay"),
     "pipeline.heads.class_stats": ("ClassStatistics",),
 }
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,38 @@ def make_tasks(classes: list[str], increment: int | None = None, spec: str | Non
     first = first_increment or increment
     order = [str(c) for c in order]
     return [order[:first]] + [order[i:i + increment] for i in range(first, len(order), increment)]
+
+
+def distinct_orders(classes: list[str], increment: int, count: int, seed: int = 0,
+                    first_increment: int | None = None) -> list[tuple[int, list[list[str]]]]:
+    """``count`` seeded class orders that split ``classes`` into different tasks, as ``(seed, tasks)``.
+
+    The seeds are tried from ``seed`` upward; one whose tasks hold the same classes, in the same task order,
+    as an earlier one is skipped (orders that differ only inside a task are the same run). More orders than
+    there are distinct splits are refused.
+
+    >>> [s for s, _ in distinct_orders(list("abcde"), 2, 3)]   # seed 2 repeats seed 0's order
+    [0, 1, 3]
+    """
+    sizes = [len(t) for t in make_tasks(sorted(classes), increment, order=sorted(classes),
+                                        first_increment=first_increment) or []]
+    possible = math.factorial(len(classes))
+    for n in sizes:
+        possible //= math.factorial(n)
+    if count > possible:
+        raise OptionError(f"--orders {count}: {len(classes)} classes in tasks of {'/'.join(map(str, sizes))} "
+                          f"have only {possible} distinct orders")
+    found: list[tuple[int, list[list[str]]]] = []
+    seen: set[tuple[frozenset[str], ...]] = set()
+    s = seed
+    while len(found) < count:
+        tasks = make_tasks(classes, increment, seed=s, first_increment=first_increment) or []
+        key = tuple(frozenset(t) for t in tasks)
+        if key not in seen:
+            seen.add(key)
+            found.append((s, tasks))
+        s += 1
+    return found
 
 
 def _no_duplicates(names: list[str], option: str) -> None:

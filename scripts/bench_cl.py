@@ -82,8 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     train, test = FeatureStream([args.train], shuffle_buffer=4096, seed=args.seed), FeatureStream([args.test])
     results: dict[str, Any] = {"settings": vars(args) | {"train": str(args.train), "test": str(args.test)}, "methods": {}}
-    keys = ("final_accuracy", "average_incremental_accuracy", "forgetting", "train_s")
-    print(f"{'method':9s} {'final':>6s} {'avg inc':>7s} {'forget':>6s} {'joint':>6s} {'train s':>7s}", flush=True)
+    keys = ("final_accuracy", "average_incremental_accuracy", "forgetting", "learning_accuracy", "train_s")
+    print(f"{'method':9s} {'final':>6s} {'avg inc':>7s} {'forget':>6s} {'learn':>6s} {'joint':>6s} {'train s':>7s}",
+          flush=True)
     for method in args.methods.split(","):
         runs = [run_order(method, make_tasks(sorted(train.classes), args.increment, seed=o), train, test, args)
                 for o in range(args.orders)]
@@ -92,7 +93,7 @@ def main() -> None:
         summary["joint_accuracy"] = joint(method, train, test, args)
         results["methods"][method] = {"mean": summary, "orders": runs}
         print(f"{method:9s} {summary['final_accuracy']:6.3f} {summary['average_incremental_accuracy']:7.3f} "
-              f"{summary['forgetting']:6.3f} {summary['joint_accuracy']:6.3f} {summary['train_s']:7.1f}", flush=True)
+              f"{summary['forgetting']:6.3f} {summary['learning_accuracy']:6.3f} {summary['joint_accuracy']:6.3f} {summary['train_s']:7.1f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 

@@ -20,6 +20,24 @@ def test_continual_metrics_against_hand_computed_values():
     assert m["task_balanced_incremental_accuracy"] == pytest.approx(np.mean([0.9, 0.7, (0.5 + 0.7 + 0.95) / 3]))
 
 
+def test_a_task_never_learnt_is_not_reported_as_kept():
+    """LwF once predicted the first class for ever: every row [1, 0, 0], forgetting 0. The metrics must say so."""
+    from pipeline.runs import summary
+
+    R = [[1.0, None, None], [1.0, 0.0, None], [1.0, 0.0, 0.0]]
+    m = continual_metrics(R)
+    assert m["forgetting"] == 0.0                        # the standard formula: nothing learnt, nothing lost
+    assert m["learning_accuracy"] == pytest.approx(1 / 3)
+    assert m["tasks_not_learnt"] == [2, 3]
+    metrics = {"heldout": {}, "settings": {}, "head": "mlp", "rows_this_run": 1, "rows_seen": 1, "classes": list("abc"),
+               "timing": {"rows_per_s": None}, "progressive": {"accuracy": None}, "accuracy_matrix": R,
+               "tasks": [["a"], ["b"], ["c"]], **m}
+    text = summary(metrics, None)
+    assert "learning accuracy (each task right after it): 33.33%" in text
+    assert "never learnt" in text and "task 2 (b); task 3 (c)" in text
+    assert continual_metrics([[0.9, None], [0.5, 0.8]])["tasks_not_learnt"] == []
+
+
 def test_evaluation_counts_match_sklearn_on_rows():
     from sklearn.metrics import accuracy_score, f1_score, log_loss
 

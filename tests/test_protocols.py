@@ -104,3 +104,52 @@ def test_cli_orders_and_first_increment_errors(tmp_path):
     result = invoke(*base, "--increment", "2", "--orders", "2", "--head", "slda", "--no-joint")
     assert result.exit_code == 0, result.output
     assert "2 class orders" in result.output and "final accuracy:" in result.output
+
+
+def test_orders_are_distinct_and_listed(tmp_path):
+    """5 classes by 2: seeds 0 and 2 shuffle them into the same tasks; --orders 3 must still run 3 different orders."""
+    from pipeline.train import distinct_orders
+
+    five = CLASSES[:5]
+    assert make_tasks(five, increment=2, seed=0) == make_tasks(five, increment=2, seed=2)   # the collision
+    store = make_blobs_store(tmp_path / "s.h5", 300, 8, five)
+    m = run_training([store], head="slda", holdout=0.3, increment=2, orders=3, no_joint=True,
+                     metrics_out=tmp_path / "m.json", **quiet)
+    splits = [tuple(frozenset(t) for t in tasks) for tasks in m["class_orders"]]
+    assert len(set(splits)) == 3 and m["order_seeds"] == [0, 1, 3]
+    assert [[len(t) for t in tasks] for tasks in m["class_orders"]] == [[2, 2, 1]] * 3   # the remainder: a smaller last task
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["class_orders"] == m["class_orders"] and saved["order_seeds"] == [0, 1, 3]
+    # every order can be rerun alone: a plain run with its --order-seed makes the same tasks
+    plain = run_training([store], head="slda", holdout=0.3, increment=2, order_seed=3, no_joint=True, **quiet)
+    assert plain["tasks"] == m["class_orders"][2]
+    # 5 classes in tasks of 2, 2, 1 have 5! / (2! 2! 1!) = 30 distinct orders: all can be drawn, not one more
+    assert len({tuple(map(frozenset, t)) for _, t in distinct_orders(five, 2, 30)}) == 30
+    with pytest.raises(OptionError, match="only 30 distinct orders"):
+        run_training([store], head="slda", holdout=0.3, increment=2, orders=31, **quiet)
+
+
+def test_order_seed_moves_the_class_order_and_not_the_head(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 400, 8, CLASSES[:6])
+    runs = {(s, o): run_training([store], head="mlp", head_options={"hidden": 0, "chunk_passes": 1}, holdout=0.3,
+                                 increment=2, epochs=1, seed=s, order_seed=o, no_joint=True, **quiet)
+            for s, o in [(0, 0), (0, 4), (1, 0)]}
+    assert runs[(0, 0)]["tasks"] != runs[(0, 4)]["tasks"]       # --order-seed: another class order...
+    assert runs[(0, 0)]["settings"]["seed"] == runs[(0, 4)]["settings"]["seed"] == 0   # ...the same head seed
+    assert runs[(1, 0)]["tasks"] == runs[(0, 0)]["tasks"]       # --seed with --order-seed fixed: the same order
+    assert runs[(1, 0)]["settings"]["seed"] == 1
+    default = run_training([store], head="slda", holdout=0.3, increment=2, seed=4, no_joint=True, **quiet)
+    assert default["tasks"] == runs[(0, 4)]["tasks"]           # --order-seed defaults to --seed
+
+
+def test_cli_order_seed_and_help(tmp_path):
+    store = make_blobs_store(tmp_path / "s.h5", 300, 8, CLASSES[:5])
+    base = ["train-incremental", store, "--holdout", "0.3", "-q", "--head", "slda", "--no-joint"]
+    assert_clean_error(invoke(*base, "--order-seed", "3"), "--order-seed seeds the class order of an --increment run")
+    assert_clean_error(invoke(*base, "--increment", "2", "--orders", "31"), "only 30 distinct orders")
+    result = invoke(*base, "--increment", "2", "--orders", "3", "--order-seed", "0")
+    assert result.exit_code == 0, result.output
+    assert "3 class orders, all distinct (seeds 0, 1, 3)" in result.output
+    text = " ".join(invoke("train-incremental", "--help").output.split())
+    assert "--order-seed" in text and "the last task is smaller (5 classes by 2: tasks of 2, 2, 1)" in text
+    assert "seeds repeating an earlier order are skipped" in text

@@ -105,6 +105,7 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
 @click.option("--no-joint", is_flag=True, help="Skip the joint reference (same head trained on all classes at once).")
 @click.option("--replay", is_flag=True, help="Mix exemplars of earlier classes into the stream (experience replay).")
 @_run("orders")
+@_run("order_seed")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: learn stores / row ranges in parallel on a Ray cluster (RAY_ADDRESS, else a local Ray) "
                    "and merge exactly; slda, ridge and nme --class-means exact only.")
@@ -119,7 +120,8 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                           report: Path | None,
                           checkpoint_every: int, resume: Path | None, allow_incomplete: bool,
                           increment: int | None, first_increment: int | None, tasks: str | None,
-                          class_order: str | None, no_joint: bool, replay: bool, orders: int | None, executor: str,
+                          class_order: str | None, no_joint: bool, replay: bool, orders: int | None,
+                          order_seed: int | None, executor: str,
                           workers: int | None, quiet: bool, trust_pickle: bool, **options: Any) -> None:
     """Stream feature STORES chunk by chunk into an incremental classifier.
 
@@ -135,6 +137,6 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                  seed=seed, metrics_out=metrics_out, plot=plot, model_out=model_out,
                  checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete, quiet=quiet,
                  increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint, replay=replay,
-                 first_increment=first_increment, orders=orders, log_dir=log_dir,
+                 first_increment=first_increment, orders=orders, order_seed=order_seed, log_dir=log_dir,
                  executor=executor, workers=workers, trust_pickle=trust_pickle, report=report,
                  echo=(lambda s: None) if quiet else note, out=click.echo)

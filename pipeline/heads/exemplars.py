@@ -8,6 +8,9 @@
   streams (exact when the class fits), the candidates herding chooses from.
 - :class:`ExemplarMemory` holds at most ``budget`` exemplars in total,
   ``budget // classes`` per class, with their source paths.
+- :class:`ExperienceMemory` is A-GEM's episodic memory: a random sample of
+  each experience (task), ``budget // experiences`` rows each, drawn from
+  evenly across the experiences.
 """
 
 from __future__ import annotations
@@ -177,6 +180,64 @@ class ExemplarMemory:
         X = np.vstack([s.X for s in self.sets.values() if len(s.paths)])
         idx = rng.integers(0, len(labels), n)
         return X[idx], np.array(labels, dtype=object)[idx]
+
+
+@dataclass
+class ExperienceMemory:
+    """A-GEM's memory, as Avalanche's ``AGEMPlugin``: after each experience a random sample of its rows is
+    kept, the ``budget`` split evenly across the experiences seen (older samples are cut at random to
+    the new share), and every draw takes the same number of rows from each experience.
+
+    >>> mem = ExperienceMemory(4)
+    >>> rng = np.random.default_rng(0)
+    >>> mem.update({"a": (np.zeros((5, 2), np.float32), [""] * 5)}, rng)
+    >>> mem.update({"b": (np.ones((5, 2), np.float32), [""] * 5)}, rng)
+    >>> [len(x) for x in mem.X], sorted(mem.sample(4, rng)[1].tolist())
+    ([2, 2], ['a', 'a', 'b', 'b'])
+    """
+
+    budget: int = 2000
+    X: list[np.ndarray] = field(default_factory=list)        # per experience, float32 rows
+    labels: list[list[Hashable]] = field(default_factory=list)
+    paths: list[list[str]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(len(x) for x in self.X)
+
+    def update(self, candidates: dict[Hashable, tuple[np.ndarray, list[str]]], rng: np.random.Generator) -> None:
+        """Keep a random sample of one experience's rows (``candidates``: per class, rows and paths)."""
+        rows = [(X, [c] * len(X), list(p)) for c, (X, p) in candidates.items() if len(X)]
+        if not rows:
+            return
+        self.X.append(np.vstack([r[0] for r in rows]).astype(np.float32))
+        self.labels.append([c for r in rows for c in r[1]])
+        self.paths.append([q for r in rows for q in r[2]])
+        share = self.budget // len(self.X)
+        for i, X in enumerate(self.X):
+            if len(X) > share:
+                keep = np.sort(rng.choice(len(X), share, replace=False))
+                self.X[i], self.labels[i] = X[keep], [self.labels[i][k] for k in keep]
+                self.paths[i] = [self.paths[i][k] for k in keep]
+
+    def sample(self, n: int, rng: np.random.Generator, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` rows (with replacement), each ``block`` of them (default: all ``n``) drawn evenly across the
+        experiences (the remainder from experiences picked at random); rows and their labels."""
+        kept = [i for i, X in enumerate(self.X) if len(X)]
+        if not kept:
+            return np.empty((0, 0), np.float32), np.empty(0, dtype=object)
+        block = block or n
+        X_out: list[np.ndarray] = []
+        y_out: list[Hashable] = []
+        for start in range(0, n, block):
+            size = min(block, n - start)
+            counts = np.full(len(kept), size // len(kept))
+            counts[rng.choice(len(kept), size % len(kept), replace=False)] += 1
+            for i, k in zip(kept, counts):
+                idx = rng.integers(0, len(self.X[i]), k)
+                X_out.append(self.X[i][idx])
+                y_out.extend(self.labels[i][j] for j in idx)
+        return np.vstack(X_out), np.array(y_out, dtype=object)
 
 
 class ExperienceReplay:

@@ -41,7 +41,7 @@ from pipeline.heads.cl import ALL_METHOD_OPTIONS, METHODS, Method, make_method, 
 from pipeline.heads.cl.net import forward, grow_output, init_params, pad_like, softmax
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-7   # Keras' Adam defaults
-GROUP = 16   # mini-batches per compiled call
+GROUP = 16   # mini-batches per compiled call (fewer, a power of 2, when a chunk has fewer batches)
 _STEPS: dict[tuple, Any] = {}   # compiled steps, per backend, method and options
 
 
@@ -59,7 +59,7 @@ class MLPHead(Head):
         Option("seed", int, 0, "seed of the weights and mini-batch order", low=0, high=2**32 - 1, from_run=True),
         MEMORY_OPTION,
         POOL_OPTION,
-        Option("ewc_lambda", float, 1e5, "ewc: weight of the quadratic penalty", low=0.0),
+        Option("ewc_lambda", float, 1.0, "ewc: weight of the quadratic penalty (Fisher normalised to mean 1)", low=0.0),
         Option("gamma", float, 1.0, "ewc: decay of the accumulated Fisher (online EWC)", low=0.0, high=1.0),
         Option("temperature", float, 2.0, "lwf: distillation temperature", low=0.0, low_open=True),
         Option("distill_weight", float, 1.0, "lwf: weight of the distillation loss", low=0.0),
@@ -71,7 +71,7 @@ class MLPHead(Head):
 
     def __init__(self, hidden: int | Sequence[int] = 512, batch_size: int = 64, chunk_passes: int = 1,
                  lr: float = 1e-3, seed: int = 0, method: str = "finetune", memory: int = DEFAULT_MEMORY,
-                 pool_size: int = DEFAULT_POOL_SIZE, ewc_lambda: float = 1e5, gamma: float = 1.0, temperature: float = 2.0,
+                 pool_size: int = DEFAULT_POOL_SIZE, ewc_lambda: float = 1.0, gamma: float = 1.0, temperature: float = 2.0,
                  distill_weight: float = 1.0):
         super().__init__()
         self.hidden = tuple(h for h in (int(h) for h in np.atleast_1d(hidden)) if h > 0)
@@ -201,13 +201,14 @@ class MLPHead(Head):
         params, m, v = (runtime.to_tensor(a) for a in (weights, *adam))
         consts = runtime.to_tensor(self.method.consts(self))
         t = np.float32(self.steps_)
-        for g in range(0, len(idx), GROUP):
-            batch = {"x": Z[idx[g:g + GROUP]], "y": k[idx[g:g + GROUP]], "w": w[g:g + GROUP]}
+        group = len(idx) if len(idx) < GROUP else GROUP
+        for g in range(0, len(idx), group):
+            batch = {"x": Z[idx[g:g + group]], "y": k[idx[g:g + group]], "w": w[g:g + group]}
             if self.method.uses_memory:
-                drawn = self.method.memory_batch(self, rng, GROUP * self.batch_size)
+                drawn = self.method.memory_batch(self, rng, group * self.batch_size)
                 if drawn is not None:
-                    batch["xr"] = drawn[0].reshape(GROUP, self.batch_size, -1)
-                    batch["yr"] = drawn[1].reshape(GROUP, self.batch_size)
+                    batch["xr"] = drawn[0].reshape(group, self.batch_size, -1)
+                    batch["yr"] = drawn[1].reshape(group, self.batch_size)
             params, m, v, t = run(params, m, v, t, np.float32(self.lr), runtime.to_tensor(batch), consts)
         self.steps_ += int(np.count_nonzero(w.sum(axis=1)))
         self.params_ = runtime.to_numpy(params)
@@ -218,8 +219,8 @@ class MLPHead(Head):
         """Row indices and weights of every mini-batch of ``chunk_passes`` shuffled passes, (batches, batch_size).
 
         The last batch of a pass is padded with weight-0 rows, and the batch count
-        with all-zero batches (no update) up to a multiple of GROUP, so the compiled
-        loop always sees the same shapes.
+        with all-zero batches (no update) up to a multiple of GROUP, or of the next
+        power of 2 when there are fewer, so the compiled loop sees at most five shapes.
         """
         B = self.batch_size
         per_epoch = -(-n // B)
@@ -231,7 +232,9 @@ class MLPHead(Head):
             flat_w = (np.arange(per_epoch * B) < n).astype(np.float32)
             idx[e * per_epoch:(e + 1) * per_epoch] = flat_idx.reshape(per_epoch, B)
             w[e * per_epoch:(e + 1) * per_epoch] = flat_w.reshape(per_epoch, B)
-        pad = -len(idx) % GROUP
+        # a chunk of few batches (a small task, the first blocks of progressive_fit) is padded only up to
+        # the next power of 2: padded batches cost a whole step each in the compiled loop
+        pad = -len(idx) % min(GROUP, 1 << max(len(idx) - 1, 0).bit_length())
         return np.vstack([idx, np.zeros((pad, B), np.int64)]), np.vstack([w, np.zeros((pad, B), np.float32)])
 
     def _compiled_step(self) -> Any:
@@ -291,7 +294,7 @@ class MLPHead(Head):
 
 
 def _make_step(method: Method) -> Any:
-    """GROUP Adam steps of ``method``'s loss in one compiled loop, a pure function of tensors.
+    """One Adam step per mini-batch of ``batches`` (up to GROUP) of ``method``'s loss in one compiled loop, a pure function of tensors.
 
     A batch whose weights are all zero (padding) leaves parameters, moments and
     the step count unchanged.
@@ -313,6 +316,6 @@ def _make_step(method: Method) -> Any:
             params = [p - rate * a / (ops.sqrt(b) + EPS) for p, a, b in zip(params, m, v)]
             return params, m, v, t
 
-        return ops.fori_loop(0, GROUP, body, (params, m, v, t))
+        return ops.fori_loop(0, batches["w"].shape[0], body, (params, m, v, t))
 
     return run

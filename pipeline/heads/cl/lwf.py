@@ -9,6 +9,12 @@ frozen and live heads' temperature-softened distributions over the old
 classes' outputs (``temperature`` 2 and weight 1 as the paper). This is how
 PyCIL adapts LwF to one shared head; cross-entropy over all columns instead
 would push every old logit down on each new row (measured: no better than finetune).
+
+A task that adds a single class has nothing to tell its rows from among the
+new outputs (a softmax over one column is constant: no gradient, the class
+would never be learnt). Its rows are then told from the old classes:
+cross-entropy over all the outputs, as Avalanche's LwF does for every task,
+with the same distillation on the old outputs.
 """
 
 from __future__ import annotations
@@ -52,7 +58,15 @@ class LwF(Method):
         n_old = old[-1].shape[0]
         _, logits = forward(params, batch["x"], ops.relu)
         _, old_logits = forward(old, batch["x"], ops.relu)
-        loss = cross_entropy(ops, logits[:, n_old:], batch["y"] - n_old, batch["w"]) if logits.shape[-1] > n_old else 0.0
+        n_new = logits.shape[-1] - n_old
+        if n_new >= 2:     # the new task's own outputs
+            loss = cross_entropy(ops, logits[:, n_old:], batch["y"] - n_old, batch["w"])
+        elif n_new == 1:   # a single new class: told from the old classes, over all outputs
+            loss = cross_entropy(ops, logits, batch["y"], batch["w"])
+        else:              # no new class: the old classes' rows count through distillation only
+            loss = 0.0
+        if n_old < 2:      # a softmax over one output is constant: nothing to distil
+            return loss
         target = ops.softmax(old_logits / self.temperature, axis=-1)
         logp = ops.log_softmax(logits[:, :n_old] / self.temperature, axis=-1)
         distill = -ops.sum(target * logp, axis=-1)

@@ -8,11 +8,14 @@ when drawn, so they follow the head's scaler.
 
 - ER (Chaudhry et al. 2019, "On tiny episodic memories"): every mini-batch of
   new rows is trained together with as many rows drawn from the memory.
-- A-GEM (Chaudhry et al. 2019, "Efficient lifelong learning with A-GEM"):
-  a reference gradient on a memory batch; when the new batch's gradient ``g``
-  points against it (``g . g_ref < 0``) the update is projected,
-  ``g - (g . g_ref) / (g_ref . g_ref) g_ref``, so it does not increase the
-  memory loss to first order.
+- A-GEM (Chaudhry et al. 2019, "Efficient lifelong learning with A-GEM"),
+  as Avalanche's ``AGEMPlugin``: its memory is a random sample of each task's
+  rows, ``memory // tasks`` per task (:class:`ExperienceMemory`, filled after
+  each task), not herded exemplars; at every step a reference gradient on
+  ``batch_size`` memory rows drawn evenly across the tasks; when the new
+  batch's gradient ``g`` points against it (``g . g_ref < 0``) the update is
+  projected, ``g - (g . g_ref) / (g_ref . g_ref) g_ref``, so it does not
+  increase the memory loss to first order.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 from pipeline.heads.cl.base import Method
 from pipeline.heads.cl.net import cross_entropy, forward
 from pipeline.heads.defaults import DEFAULT_MEMORY, DEFAULT_POOL_SIZE
-from pipeline.heads.exemplars import ClassPools, ExemplarMemory
+from pipeline.heads.exemplars import ClassPools, ExemplarMemory, ExperienceMemory
 
 
 class MemoryMethod(Method):
@@ -72,8 +75,42 @@ def project(ops: Any, grads: list[Any], ref: list[Any]) -> list[Any]:
     return [g - coef * r for g, r in zip(grads, ref)]
 
 
-class AGEM(MemoryMethod):
+class AGEM(Method):
     name = "agem"
+    uses_memory = True
+
+    def __init__(self, memory: int = DEFAULT_MEMORY, pool_size: int = DEFAULT_POOL_SIZE, seed: int = 0):
+        self.memory, self.pool_size, self.seed = memory, pool_size, seed
+        self.memory_ = ExperienceMemory(memory)
+        self.pools_ = ClassPools(pool_size, seed)
+        self.tasks_ = 0
+
+    def options(self) -> dict[str, Any]:
+        return {"memory": self.memory, "pool_size": self.pool_size}
+
+    def observe(self, head: Any, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        self.pools_.add(X, y, paths)
+
+    def describe(self) -> dict[str, Any]:
+        return {"memory_budget": self.memory, "exemplars_stored": self.memory_.size}
+
+    def after_task(self, head: Any) -> None:
+        if len(self.pools_):
+            self.memory_.update(self.pools_.take(), np.random.default_rng([self.seed, 3, self.tasks_]))
+            self.tasks_ += 1
+
+    def memory_batch(self, head: Any, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.memory_.size:
+            return None
+        X, labels = self.memory_.sample(n, rng, block=head.batch_size)   # one reference batch per step
+        return head.standardise(X), head.class_index(labels)
+
+    def exemplar_paths(self) -> dict[Hashable, list[str]]:
+        out: dict[Hashable, list[str]] = {}
+        for labels, paths in zip(self.memory_.labels, self.memory_.paths):
+            for c, p in zip(labels, paths):
+                out.setdefault(c, []).append(p)
+        return out
 
     def loss(self, ops: Any, params: list[Any], batch: dict[str, Any], consts: dict[str, Any]) -> Any:
         _, logits = forward(params, batch["x"], ops.relu)
