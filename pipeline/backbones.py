@@ -233,6 +233,7 @@ def build_hub_backbone(spec: str, image_size: int | None = None, pooling: str | 
         "backbone": built.info["backbone"],
         "weights": built.info["weights"],
         "weights_path": built.info["weights_path"],
+        "hub_preset": built.info["hub_preset"],
         "alpha": "",
         "input_size": [built.size, built.size],
         "preprocessing": built.info["preprocessing"],
@@ -321,8 +322,8 @@ def config_from_info(info: dict[str, Any], weights: str | None = None, model_pat
             spec = weights if weights.startswith(HUB_PREFIX) else HUB_PREFIX + weights
         elif info.get("weights_path"):
             spec = HUB_PREFIX + recorded_file(info, "keras-hub preset folder", "--weights", folder=True)
-        else:
-            spec = name
+        else:  # a named preset: keras-hub's download cache, or the network
+            spec = HUB_PREFIX + str(info.get("hub_preset") or "")
         size = int(info["input_size"][0])
         return BackboneConfig(spec, "none", None, size, str(info["pooling"]),
                               precision or str(info.get("precision") or "float32"))
@@ -343,7 +344,7 @@ def recorded_file(info: dict[str, Any], what: str, option: str, folder: bool = F
     Its contents are checked against the recorded hash once the backbone is
     rebuilt (:func:`check_rebuilt`); only when it is gone must the user name it.
     """
-    recorded = str(info["weights"]).split(":")[0]
+    recorded = Path(str(info.get("hub_preset") or info["weights"]).split(":")[0]).name
     path = str(info.get("weights_path") or "")
     if path and (Path(path).is_dir() if folder else Path(path).is_file()):
         return path

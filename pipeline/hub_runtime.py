@@ -117,10 +117,6 @@ def preset_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def preset_name(preset: str, folder: Path) -> str:
-    return folder.name if is_local(preset) else preset
-
-
 @dataclass
 class HubModel:
     """A built keras-hub feature extractor: ``model`` takes images already scaled by ``scale``/``offset``."""
@@ -223,10 +219,11 @@ def build(spec: str, pooling: str | None, image_size: int | None, policy: str) -
                             (channels,)).copy()
     offset = np.broadcast_to(np.asarray(converter.offset if converter.offset is not None else 0.0, np.float32),
                              (channels,)).copy()
-    name = preset_name(preset, folder)
+    # Identity is content: the same preset copied to another folder (or downloaded by name) is the same backbone.
     info = {
-        "backbone": f"{HUB_PREFIX}{name}",
-        "weights": f"{name}:sha256:{preset_sha256(folder)}",
+        "backbone": f"{HUB_PREFIX}{class_name}",
+        "weights": f"sha256:{preset_sha256(folder)}",
+        "hub_preset": str(folder) if is_local(preset) else preset,
         "weights_path": str(folder) if is_local(preset) else "",
         "preprocessing": (f"keras-hub {type(converter).__name__}: x * {np.round(scale, 8).tolist()} + "
                           f"{np.round(offset, 8).tolist()} (images resized by the pipeline's decoder)"),

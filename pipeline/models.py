@@ -30,7 +30,8 @@ from pipeline.store import IDENTITY_KEYS
 MODEL_FORMAT = "incremental-pipeline-model"
 MODEL_VERSION = 2
 # What predict needs to rebuild the backbone, on top of IDENTITY_KEYS.
-BACKBONE_KEYS = (*IDENTITY_KEYS, "layer", "keras_version", "backend", "precision")
+# weights_path / hub_preset: where the weights file, user model or keras-hub preset was (predict finds it there).
+BACKBONE_KEYS = (*IDENTITY_KEYS, "layer", "keras_version", "backend", "precision", "weights_path", "hub_preset")
 # Heads holding third-party estimators that only pickle can store (loaded only when trusted).
 PICKLED_HEADS = ("pipeline.heads.river_linear.RiverLinearHead",)
 HEAD_PICKLE = "head.pickle"
