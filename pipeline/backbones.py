@@ -20,6 +20,7 @@ from pipeline.errors import BackboneError
 from pipeline.keras_runtime import (compiled_forward, image_format_scope, kernels, native_image_format,
                                     precision_scope)
 from pipeline.keras_runtime import device as _device
+from pipeline.keras_runtime import hub as _hub
 from pipeline.keras_runtime import keras as _keras
 from pipeline.precision import resolve_precision
 
@@ -53,6 +54,8 @@ REGISTRY: dict[str, BackboneSpec] = {
     "convnexttiny": BackboneSpec("ConvNeXtTiny", "convnext", "none: normalisation is inside the model", 224, 768),
 }
 POOLINGS = ("avg", "max", "none")
+HUB_PREFIX = "hub:"  # --backbone hub:NAME (a keras-hub preset) or hub:/path/to/preset_folder
+HUB_POOLINGS = ("cls", "mean", "cls+mean", "embedding")
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -171,7 +174,8 @@ def build_backbone(
     as float32 whatever it is.
     """
     if name not in REGISTRY:
-        raise BackboneError(f"unknown backbone {name!r}; expected one of {', '.join(REGISTRY)}")
+        raise BackboneError(f"unknown backbone {name!r}; expected one of {', '.join(REGISTRY)}, or a keras-hub "
+                            "preset as hub:NAME or hub:/path/to/preset_folder (see --list-backbones)")
     if pooling not in POOLINGS:
         raise BackboneError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
     spec = REGISTRY[name]
@@ -211,6 +215,7 @@ def build_backbone(
     info = {
         "backbone": name,
         "weights": identity,
+        "weights_path": "" if weights in ("imagenet", "none") else str(Path(weights).resolve()),
         "alpha": alpha if alpha is not None else "",
         "input_size": [size, size],
         "preprocessing": f"keras.applications.{spec.preprocess_module}.preprocess_input ({spec.preprocessing})",
@@ -224,6 +229,50 @@ def build_backbone(
     }
     backbone = Backbone(model, preprocess, info, channels_first=image_format == "channels_first")
     backbone.config = BackboneConfig(name, weights, alpha, image_size, pooling, precision)
+    return backbone
+
+
+def build_hub_backbone(spec: str, image_size: int | None = None, pooling: str | None = None,
+                       precision: str = "float32") -> Backbone:
+    """A keras-hub preset as the backbone: ``spec`` is ``hub:NAME`` or ``hub:/path/to/preset_folder``.
+
+    Images get the preset's own image-converter scaling (its mean/std), the
+    vision tower runs at ``precision``, and ``pooling`` (``cls``, ``mean``,
+    ``cls+mean``, ``embedding``; None: the family's default, see
+    :mod:`pipeline.hub_runtime`) makes one vector per image.
+    """
+    keras = _keras()
+    precision = resolve_precision(precision, spec, _device())
+    from pipeline.keras_runtime import POLICIES
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras' notes on dict inputs of nested functional models
+        built = _hub().build(spec, pooling, image_size, POLICIES[precision])
+    scale, offset = built.scale, built.offset
+
+    def preprocess(x: np.ndarray) -> np.ndarray:
+        return x * scale + offset  # the converter's own order: scale, then offset, in float32
+
+    info = {
+        "backbone": built.info["backbone"],
+        "weights": built.info["weights"],
+        "weights_path": built.info["weights_path"],
+        "hub_preset": built.info["hub_preset"],
+        "alpha": "",
+        "input_size": [built.size, built.size],
+        "preprocessing": built.info["preprocessing"],
+        "pooling": built.pooling,
+        "feature_dim": int(np.prod(built.model.output.shape[1:])),
+        "precision": precision,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "device": _device(),
+        **kernels(),
+        "hub_family": built.info["hub_family"],
+        "keras_hub_version": built.info["keras_hub_version"],
+    }
+    backbone = Backbone(built.model, preprocess, info)
+    backbone.config = BackboneConfig(spec, "none", None, image_size, pooling or "", precision)
     return backbone
 
 
@@ -260,6 +309,7 @@ def load_user_model(path: str | Path, layer: str | None = None, pooling: str = "
     info = {
         "backbone": f"user:{path.name}",
         "weights": f"{path.name}:sha256:{file_sha256(path)}",
+        "weights_path": str(path.resolve()),
         "alpha": "",
         "input_size": [int(shape[1]), int(shape[2])],
         "preprocessing": "none: raw RGB in [0, 255]",
@@ -285,21 +335,45 @@ def config_from_info(info: dict[str, Any], weights: str | None = None, model_pat
     stores and models made before it was recorded).
     """
     name = str(info["backbone"])
+    recorded = str(info["weights"])
     if name.startswith("user:"):
         if model_path is None:
-            raise BackboneError(f"the features came from the user model {name[5:]}; pass its path with --model")
+            model_path = recorded_file(info, "model file", "--model")
         return BackboneConfig(pooling=str(info["pooling"]), model_path=str(model_path),
                               layer=info.get("layer") or None)
-    recorded = str(info["weights"])
+    if name.startswith(HUB_PREFIX):
+        if weights is not None:  # --weights (or --backbone) names the preset folder or name again
+            spec = weights if weights.startswith(HUB_PREFIX) else HUB_PREFIX + weights
+        elif info.get("weights_path"):
+            spec = HUB_PREFIX + recorded_file(info, "keras-hub preset folder", "--weights", folder=True)
+        else:  # a named preset: keras-hub's download cache, or the network
+            spec = HUB_PREFIX + str(info.get("hub_preset") or "")
+        size = int(info["input_size"][0])
+        return BackboneConfig(spec, "none", None, size, str(info["pooling"]),
+                              precision or str(info.get("precision") or "float32"))
     if weights is None:
         if recorded not in ("imagenet", "none"):
-            raise BackboneError(
-                f"the features came from the weights file {recorded.split(':')[0]}; pass it with --weights")
-        weights = recorded
+            weights = recorded_file(info, "weights file", "--weights")
+        else:
+            weights = recorded
     alpha = info.get("alpha")
     return BackboneConfig(name, weights, float(alpha) if alpha not in (None, "") else None,
                           int(info["input_size"][0]), str(info["pooling"]),
                           precision or str(info.get("precision") or "float32"))
+
+
+def recorded_file(info: dict[str, Any], what: str, option: str, folder: bool = False) -> str:
+    """The file (or preset folder) the features were made with, at the path recorded when they were.
+
+    Its contents are checked against the recorded hash once the backbone is
+    rebuilt (:func:`check_rebuilt`); only when it is gone must the user name it.
+    """
+    recorded = Path(str(info.get("hub_preset") or info["weights"]).split(":")[0]).name
+    path = str(info.get("weights_path") or "")
+    if path and (Path(path).is_dir() if folder else Path(path).is_file()):
+        return path
+    where = f" (it is no longer at {path})" if path else ""
+    raise BackboneError(f"the features came from the {what} {recorded}{where}; pass it with {option}")
 
 
 def check_rebuilt(recorded: dict[str, Any], built: dict[str, Any]) -> None:
@@ -322,7 +396,9 @@ class BackboneConfig:
     """A picklable recipe for a backbone: workers rebuild the model from it, never receive one.
 
     Either a registry ``name`` (with ``weights``, ``alpha``, ``image_size``,
-    ``pooling``, ``precision``) or a user ``model_path`` (with ``layer``).
+    ``pooling``, ``precision``), a keras-hub preset ``name="hub:..."`` (with
+    ``image_size``, ``pooling``: "" for the family's default, ``precision``)
+    or a user ``model_path`` (with ``layer``).
     """
 
     name: str = "resnet50"
@@ -337,6 +413,8 @@ class BackboneConfig:
     def build(self) -> Backbone:
         if self.model_path is not None:
             return load_user_model(self.model_path, self.layer, self.pooling)
+        if self.name.startswith(HUB_PREFIX):
+            return build_hub_backbone(self.name, self.image_size, self.pooling or None, self.precision)
         return build_backbone(self.name, self.weights, self.alpha, self.image_size, self.pooling,
                               self.precision)
 

@@ -84,6 +84,12 @@ def keras() -> Any:
     return importlib.import_module("keras")
 
 
+def hub() -> Any:
+    """The keras-hub side of the runtime (:mod:`pipeline.hub_runtime`), imported with Keras on first use."""
+    keras()
+    return importlib.import_module("pipeline.hub_runtime")
+
+
 def _import_keras() -> None:
     try:
         importlib.import_module("keras")

@@ -20,8 +20,15 @@ threads queue on the GIL. Variants:
   jax         Keras on JAX (``pip install -e '.[jax]'``)
   torch       Keras on PyTorch, where installed
 
+keras-hub transformers (random weights, built here and saved as preset folders,
+so nothing is downloaded; the speed does not depend on the weights):
+
+  hub-dinov2-s14  DINOv2 ViT-S/14 at 224 (12 layers, width 384, 6 heads; pooling cls+mean, 768-d)
+  hub-vit-b16     ViT-B/16 at 224 (12 layers, width 768, 12 heads; pooling cls, 768-d)
+
     python scripts/bench_extract.py --backbones mobilenetv2,resnet50 --backend tf-default,tf,jax \\
         --precision float32,bfloat16 --images 256 --rounds 3
+    python scripts/bench_extract.py --backbones resnet50,hub-dinov2-s14,hub-vit-b16 --backend tf,jax --e2e
 """
 
 from __future__ import annotations
@@ -46,6 +53,36 @@ VARIANTS = {
     "jax": {"KERAS_BACKEND": "jax"},
     "torch": {"KERAS_BACKEND": "torch"},
 }
+
+
+HUB_RANDOM = {  # name -> (keras-hub class, its arguments)
+    "hub-dinov2-s14": ("DINOV2Backbone", dict(patch_size=14, num_layers=12, hidden_dim=384, num_heads=6,
+                                              intermediate_dim=1536, image_shape=(224, 224, 3))),
+    "hub-vit-b16": ("ViTBackbone", dict(patch_size=16, num_layers=12, hidden_dim=768, num_heads=12, mlp_dim=3072,
+                                        image_shape=(224, 224, 3))),
+}
+CONVERTERS = {"DINOV2Backbone": "DINOV2ImageConverter", "ViTBackbone": "ViTImageConverter"}
+
+
+def make_hub_preset(name: str, folder: Path) -> None:
+    """Save a random-initialised keras-hub backbone of ``name`` and its image converter as a preset folder."""
+    import keras_hub as kh
+
+    class_name, kwargs = HUB_RANDOM[name]
+    getattr(kh.models, class_name)(**kwargs).save_to_preset(str(folder))
+    getattr(kh.layers, CONVERTERS[class_name])(image_size=(224, 224), scale=1 / 127.5, offset=-1.0).save_to_preset(
+        str(folder))
+
+
+def backbone_spec(name: str, tmp: Path) -> str:
+    """The --backbone value of ``name``: hub-* names become a preset folder made once (in a subprocess)."""
+    if name not in HUB_RANDOM:
+        return name
+    folder = tmp / name
+    if not folder.exists():
+        subprocess.run([sys.executable, __file__, "--make-preset", name, "--source", str(folder)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return f"hub:{folder}"
 
 
 def subset_source(src: Path, n: int, folder: Path) -> Path:
@@ -82,7 +119,8 @@ def worker(args: argparse.Namespace) -> None:
     from pipeline.extract import extract_features
     from pipeline.images import decode_image, list_images
 
-    config = BackboneConfig(args.backbone, "none", precision=args.precision)
+    hub = args.backbone.startswith("hub:")
+    config = BackboneConfig(args.backbone, "none", pooling="" if hub else "avg", precision=args.precision)
     bb = backbone_for(config)
     listed = list_images(args.source)
     images = np.stack([decode_image(args.source / p, bb.input_size) for p in listed.paths])
@@ -124,20 +162,24 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
+    parser.add_argument("--make-preset", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.make_preset:
+        return make_hub_preset(args.make_preset, args.source)
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as presets:
         source = subset_source(args.source, args.images, Path(tmp))
         decode = decode_rates(source)
         print("decode (PIL, 224x224): " + ", ".join(f"{k} {v:.0f}" for k, v in decode.items()), flush=True)
         configs = [(v, p) for v in args.backend.split(",") for p in args.precision.split(",")]
         results = []
         for backbone in args.backbones.split(","):
+            spec = backbone_spec(backbone, Path(presets))
             runs: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
             for _ in range(args.rounds):
                 for config in configs:
-                    runs[config].append(spawn(*config[:1], backbone, config[1], source, args))
+                    runs[config].append(spawn(*config[:1], spec, config[1], source, args))
                     print(f"  run {backbone} {config[0]} {config[1]}: {json.dumps(runs[config][-1])}", flush=True)
             for (variant, precision), got in runs.items():
                 ok = [r for r in got if "error" not in r]

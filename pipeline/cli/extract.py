@@ -21,7 +21,36 @@ Examples:
 """
 
 
+def _list_backbones(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--list-backbones: both families, then exit (keras-hub presets listed without downloading)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from pipeline.backbones import REGISTRY
+
+    click.echo("keras.applications (--backbone NAME; --weights imagenet, none or a .weights.h5 file):")
+    click.echo(f"  {'name':<20} {'input':>7} {'dim':>6}  preprocessing")
+    for name, spec in REGISTRY.items():
+        alpha = " (--alpha)" if spec.has_alpha else ""
+        click.echo(f"  {name:<20} {spec.input_size:>7} {spec.feature_dim:>6}  {spec.preprocessing}{alpha}")
+    click.echo("\nkeras-hub presets (--backbone hub:NAME downloads once; hub:/path/to/preset_folder loads offline):")
+    click.echo("  default pooling: DINOv2/DINOv3 cls+mean, ViT cls, CLIP cls, SigLIP embedding; the input size and "
+               "feature dim are in the preset's config (a hidden size, x2 with cls+mean)")
+    from pipeline.errors import BackboneError
+    from pipeline.keras_runtime import hub
+
+    try:
+        rows = hub().list_presets()
+    except BackboneError as exc:
+        click.echo(f"  ({exc})")
+        ctx.exit()
+    for name, family, desc in rows:
+        click.echo(f"  hub:{name:<36} {family:<7} {desc}")
+    ctx.exit()
+
+
 @click.command("extract-features", epilog=EXTRACT_EPILOG, context_settings=HELP_OPTIONS)
+@click.option("--list-backbones", is_flag=True, expose_value=False, is_eager=True, callback=_list_backbones,
+              help="List the keras.applications backbones and the keras-hub presets, then exit.")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="The HDF5 feature store to write.")
@@ -32,12 +61,18 @@ Examples:
               help="WebDataset: the member extension holding the label (default: cls, else txt).")
 @click.option("--exclude", "exclude", multiple=True, type=click.Path(path_type=Path, dir_okay=False), metavar="STORE",
               help="Skip the files already in STORE (its rows and skipped files; same source root). Repeatable.")
-@click.option("--backbone", default="resnet50", show_default=True, help="A keras.applications backbone (see --list-backbones).")
+@click.option("--backbone", default="resnet50", show_default=True,
+              help="A keras.applications backbone, or a keras-hub preset: hub:NAME (downloaded once) or "
+                   "hub:/path/to/preset_folder (offline). See --list-backbones and docs/backbones.md.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local .weights.h5 file.")
 @click.option("--alpha", type=float, default=None, help="Width multiplier (MobileNet families).")
-@click.option("--image-size", type=int, default=None, help="Square input side (default: the backbone's own).")
-@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True,
-              help="none keeps the flattened feature map (large).")
+@click.option("--image-size", type=int, default=None,
+              help="Square input side (default: the backbone's own). keras-hub: DINOv2/DINOv3 only.")
+@click.option("--pooling", type=click.Choice(["avg", "max", "none", "cls", "mean", "cls+mean", "embedding"]),
+              default=None, help="keras.applications: avg (default), max, none (the flattened feature map, large). "
+              "keras-hub: cls (class token), mean (patch tokens, registers excluded), cls+mean (both, "
+              "concatenated), embedding (CLIP/SigLIP joint image-text space); default per family, from its paper: "
+              "DINOv2/v3 cls+mean, ViT cls, CLIP cls (before the projection), SigLIP embedding.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Your own Keras model (.keras) as the backbone, loaded in safe mode.")
 @click.option("--layer", default=None, help="With --model: the layer whose output is the feature (default: the one before the last).")
@@ -70,7 +105,7 @@ Examples:
 @friendly_errors
 def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | None, exclude: tuple[Path, ...],
                          backbone: str, weights: str, alpha: float | None,
-                         image_size: int | None, pooling: str, model_path: Path | None, layer: str | None,
+                         image_size: int | None, pooling: str | None, model_path: Path | None, layer: str | None,
                          batch_size: int, precision: str, mixed_precision: bool, dtype: str, compression: str | None, seed: int,
                          no_shuffle: bool, executor: str, workers: int | str, decode: str, checkpoint_rows: int, overwrite: bool, no_merge: bool,
                          quiet: bool) -> None:
@@ -79,7 +114,7 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
     Interrupt it at any time and rerun the same command to continue.
     """
     _show_warnings()
-    from pipeline.backbones import BackboneConfig
+    from pipeline.backbones import HUB_PREFIX, BackboneConfig
     from pipeline.extract import extract_features
     from pipeline.extraction import make_executor
     from pipeline.images import list_images
@@ -110,9 +145,14 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
             return
     done_before = f"; {excluded} files already in the excluded stores were left out" if exclude else ""
     if model_path is not None:
-        config = BackboneConfig(pooling=pooling, model_path=str(model_path), layer=layer)
+        config = BackboneConfig(pooling=pooling or "avg", model_path=str(model_path), layer=layer)
+    elif backbone.startswith(HUB_PREFIX):
+        if weights != "imagenet" or alpha is not None:
+            raise click.UsageError("--weights and --alpha are for keras.applications backbones; a keras-hub preset "
+                                   "carries its own weights")
+        config = BackboneConfig(backbone, "none", None, image_size, pooling or "", precision)
     else:
-        config = BackboneConfig(backbone, weights, alpha, image_size, pooling, precision)
+        config = BackboneConfig(backbone, weights, alpha, image_size, pooling or "avg", precision)
     if not quiet:
         click.echo(f"{len(listed.paths)} files, {len(listed.classes)} classes ({listed.layout} layout{done_before})",
                    err=True)

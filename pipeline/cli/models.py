@@ -49,7 +49,8 @@ Examples:
 @click.command("predict", epilog=PREDICT_EPILOG)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--weights", default=None, help="Local weights file, when the model's features came from one.")
+@click.option("--weights", default=None, help="Local weights file (or keras-hub preset folder), only when the model's features came from one "
+              "that is no longer where extraction found it (the recorded hash is checked).")
 @click.option("--model", "keras_model", default=None, help="The Keras model file, when the features came from --model.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
