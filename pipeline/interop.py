@@ -37,7 +37,7 @@ META_KEY = b"incremental_pipeline"
 EMB_DIR, META_DIR = "img_emb", "metadata"
 EMBEDDING_COLUMN = "embedding"
 KEPT_ATTRS = (*IDENTITY_KEYS, "layer", "mixed_precision", "precision", "kernels", "onednn_env", "keras_version",
-              "backend", "device")
+              "backend", "device", "decoder")
 
 
 def _pa() -> tuple[Any, Any]:

@@ -30,7 +30,7 @@ from pipeline.store import IDENTITY_KEYS
 MODEL_FORMAT = "incremental-pipeline-model"
 MODEL_VERSION = 2
 # What predict needs to rebuild the backbone, on top of IDENTITY_KEYS.
-BACKBONE_KEYS = (*IDENTITY_KEYS, "layer", "keras_version", "backend", "precision")
+BACKBONE_KEYS = (*IDENTITY_KEYS, "layer", "keras_version", "backend", "precision", "decoder")
 # Heads holding third-party estimators that only pickle can store (loaded only when trusted).
 PICKLED_HEADS = ("pipeline.heads.river_linear.RiverLinearHead",)
 HEAD_PICKLE = "head.pickle"
