@@ -105,17 +105,20 @@ def child_decode(args: argparse.Namespace) -> dict[str, Any]:
             out[decoder] = {"error": str(exc)}
             continue
         rates: dict[str, float] = {}
+        warm = [list(range(min(n, 2 * workers)))]  # start-up (spawn, imports, first calls) is not timed
         one = [list(range(i, min(i + 32, n))) for i in range(0, min(n, 512), 32)]
         every = [list(range(i, min(i + 32, n))) for i in range(0, n, 32)]
         for label, batches, w, processes in (("1_thread", one, 1, False), (f"{workers}_threads", every, workers, False),
                                              (f"{workers}_processes", every, workers, True)):
-            with decoded_batches(listed, batches, size, w, processes) as reader:
-                first = next(reader)  # start-up (spawn, imports) not timed
+            with decoded_batches(listed, warm + batches, size, w, processes) as reader:
+                first = next(reader)
                 t0 = time.perf_counter()
-                done = sum(len(b) for b in reader)
+                decoded = [a for b in reader for a in b]
                 dt = time.perf_counter() - t0
-            rates[label] = round(done / dt, 1) if done else 0.0
-            assert all(not isinstance(a, str) for a in first), f"decode failed: {first[:2]}"
+            bad = [a for a in first + decoded if isinstance(a, str)]
+            if bad:
+                raise RuntimeError(f"{len(bad)} photos not decoded by {decoder}: {bad[0]}")
+            rates[label] = round(len(decoded) / dt, 1)
         rates["per_core_processes"] = round(rates[f"{workers}_processes"] / workers, 1)
         out[decoder] = rates
     return out
@@ -287,14 +290,15 @@ def plan(args: argparse.Namespace) -> list[Variant]:
     for backend in args.backends:
         for bb in args.backbones:
             out.append(Variant("backbone", bb, backend, main_prec, tuple(args.batch_sizes), limit_s=cap))
-            out.append(Variant("e2e", bb, backend, main_prec, (main_batch,), "processes", limit_s=cap))
+            out.append(Variant("e2e", bb, backend, main_prec, (main_batch,), args.decode_modes[0], limit_s=cap))
     for backend in args.backends:  # the other precisions, backbone alone, middle batch size
         for prec in args.precisions[1:]:
             for bb in args.backbones:
                 out.append(Variant("backbone", bb, backend, prec, (main_batch,), limit_s=cap))
-    for backend in args.backends:  # threads against processes
-        for bb in args.backbones:
-            out.append(Variant("e2e", bb, backend, main_prec, (main_batch,), "threads", limit_s=cap))
+    for mode in args.decode_modes[1:]:  # threads against processes
+        for backend in args.backends:
+            for bb in args.backbones:
+                out.append(Variant("e2e", bb, backend, main_prec, (main_batch,), mode, limit_s=cap))
     return out
 
 
@@ -321,7 +325,7 @@ def run_variant(v: Variant, args: argparse.Namespace, env: dict[str, str], limit
     return {**json.loads(lines[-1]), "wall_s": wall}
 
 
-def environment(env: dict[str, str]) -> dict[str, Any]:
+def environment(env: dict[str, str], backend: str) -> dict[str, Any]:
     facts: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "cores": _cores(),
                              "cpu": _cpu_name()}
     if shutil.which("nvidia-smi"):
@@ -335,7 +339,8 @@ def environment(env: dict[str, str]) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     facts["packages"] = json.loads(proc.stdout) if proc.returncode == 0 else proc.stderr[-500:]
     where = subprocess.run([sys.executable, "-c", "import keras, sys; print(keras.__file__); "
-                            "print('tensorflow' in sys.modules)"], env=env, capture_output=True, text=True)
+                            "print('tensorflow' in sys.modules)"], env={**env, "KERAS_BACKEND": backend},
+                           capture_output=True, text=True)
     if where.returncode == 0:
         keras_file, tf_loaded = where.stdout.split()
         facts["keras_from"], facts["keras_imported_tensorflow"] = keras_file, tf_loaded == "True"
@@ -400,6 +405,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--precisions", type=lambda s: _csv(s), default=["float16", "bfloat16", "float32"],
                     help="the first is the one measured end to end")
     ap.add_argument("--batch-sizes", type=lambda s: _csv(s, int), default=[64, 256, 512])
+    ap.add_argument("--decode-modes", type=lambda s: _csv(s), default=["processes", "threads"],
+                    help="end to end, decoders as; the first with every backbone and backend")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--alpha", type=float, default=1.0, help="MobileNet width")
     ap.add_argument("--min-seconds", type=float, default=3.0, help="time each backbone measurement at least this")
@@ -424,7 +431,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                  "--backends": ("backends", ["jax"]), "--precisions": ("precisions", ["float32", "bfloat16"]),
                  "--batch-sizes": ("batch_sizes", [8, 16]), "--image-size": ("image_size", 64),
                  "--alpha": ("alpha", 0.35), "--min-seconds": ("min_seconds", 0.2),
-                 "--budget-s": ("budget_s", 240.0), "--variant-limit-s": ("variant_limit_s", 90.0)}
+                 "--budget-s": ("budget_s", 420.0), "--variant-limit-s": ("variant_limit_s", 200.0)}
         for flag, (dest, value) in smoke.items():
             if flag not in given:
                 setattr(args, dest, value)
@@ -456,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         report["photos"] = {"folder": str(photos), **replicate_photos(photos, work / "src", args.images)}
         args.source, args.scratch = work / "src", work
-        report["environment"] = environment(env)
+        report["environment"] = environment(env, args.backends[0])
         print(f"environment: {json.dumps(report['environment'])}", flush=True)
         variants = plan(args)
         skipped: list[str] = []
