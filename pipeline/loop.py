@@ -44,6 +44,7 @@ class RunState:
     curve: list[dict[str, Any]] = field(default_factory=list)
     matrix: list[list[float | None]] = field(default_factory=list)
     incremental_accuracy: list[float] = field(default_factory=list)
+    class_accuracy: list[dict[str, float | None]] = field(default_factory=list)  # after each task, per class
     done: bool = False
     key_parts: dict[str, Any] = field(default_factory=dict)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,7 +22,8 @@ from pipeline.heads.registry import readers
 from pipeline.models import TrainedModel, backbone_metadata, load_model, migrate_model, save_model
 from pipeline.options import check_run_options
 from pipeline.plugins import REPLAY_OPTIONS
-from pipeline.stream import FeatureStream, StoreScan, check_identity
+from pipeline.identity import check_identity
+from pipeline.stream import FeatureStream, StoreScan
 from pipeline.train import TrainOptions, check_model_fits, evaluate_head, make_tasks, train
 
 Echo = Callable[[str], None]
@@ -82,7 +84,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                  class_order: str | None = None, no_joint: bool = False, replay: bool = False,
                  first_increment: int | None = None, orders: int | None = None, order_seed: int | None = None,
                  log_dir: Path | None = None, executor: str = "local", workers: int | None = None,
-                 trust_pickle: bool = False,
+                 trust_pickle: bool = False, report: Path | None = None,
                  echo: Echo = print, out: Echo = print) -> dict[str, Any]:
     """Train (or continue) a head on feature stores; returns the metrics dictionary.
 
@@ -91,6 +93,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
     ``order_seed`` seeds the class order of an ``increment`` run (default: ``seed``); ``orders=K``
     repeats the run over K class orders (:func:`run_orders`).
     ``trust_pickle`` lets ``resume`` load a model stored as a pickle (River heads, version-1 files).
+    ``report``: write the run report there (HTML, :mod:`pipeline.report`).
     """
     nums = check_run_options({"holdout": holdout, "eval_every": eval_every, "epochs": epochs,
                               "shuffle_buffer": shuffle_buffer, "chunk_rows": chunk_rows, "seed": seed,
@@ -125,6 +128,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
             raise OptionError(f"--holdout {holdout} leaves no labelled row to learn from")
         if holdout and scan.heldout == 0:
             raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
+        _refuse_one_class(scan, model, stores)
         if test_stores:
             test_stream = open_checked(test_stores, "test stores", allow_incomplete=allow_incomplete,
                                        chunk_rows=chunk_rows)[0]
@@ -151,6 +155,8 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
         if task_list is not None and test_stream is None:
             raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
         opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                            auto_points=not eval_every and (plot is not None or log_dir is not None
+                                                            or report is not None),
                             model_out=model_out, tasks=task_list, joint_reference=not no_joint, replay=replay,
                             replay_memory=replay_opts.get("memory", 2000),
                             pool_size=replay_opts.get("pool_size", 1000), seed=seed, progress=not quiet,
@@ -174,12 +180,27 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
             (plot_accuracy_matrix if task_list else plot_learning_curve)(metrics, plot)
             if metrics["heldout"].get("rows"):
                 plot_confusion(metrics, confusion_path(plot))
-        out(summary(metrics, model_out))
+        if report is not None:
+            from pipeline.report import write_report
+
+            write_report(report, {**model.summary(), **metrics}, head=model.head, test=test_stream,
+                         title=f"train-incremental: {model.head_name} on {', '.join(p.name for p in map(Path, stores))}")
+        out(summary(metrics, model_out) + (f"\nreport written to {report}" if report is not None else ""))
     finally:
         train_stream.close()
         if test_stream is not None:
             test_stream.close()
     return metrics
+
+
+def _refuse_one_class(scan: StoreScan, model: TrainedModel | None, stores: Sequence[Path]) -> None:
+    """A classifier needs two classes: one class alone (a resumed model's included) learns nothing."""
+    classes = sorted(set(scan.class_counts) | set(model.classes if model is not None else ()))
+    if len(classes) < 2:
+        names = ", ".join(str(p) for p in stores)
+        raise OptionError(f"{names} hold{'s' if len(stores) == 1 else ''} one class only ({classes[0]!r}): a "
+                          "classifier needs at least two, so nothing was trained or saved (if that class is a "
+                          "folder such as train/, extract from the folder holding the class folders)")
 
 
 def _check_orders(increment: int | None, tasks: str | None, class_order: str | None, resume: Path | None,
@@ -199,7 +220,8 @@ ORDER_KEYS = ("final_accuracy", "average_incremental_accuracy", "forgetting", "b
 
 
 def run_orders(orders: int, *, seed: int = 0, metrics_out: Path | None = None, plot: Path | None = None,
-               model_out: Path | None = None, log_dir: Path | None = None, quiet: bool = False,
+               model_out: Path | None = None, log_dir: Path | None = None, report: Path | None = None,
+               quiet: bool = False,
                echo: Echo = print, out: Echo = print, **options: Any) -> dict[str, Any]:
     """The same class-incremental run over ``orders`` class orders, order k shuffled with ``seed + k``
     (order 0 is the order of a plain run); everything else (row shuffle, head seed) keeps ``seed``,
@@ -207,7 +229,7 @@ def run_orders(orders: int, *, seed: int = 0, metrics_out: Path | None = None, p
 
     Returns ``{"orders": [metrics of each order], "orders_summary": {key: {mean, std, values}}}``
     (std: numpy's, ddof=0). Only the first order's model is saved to ``model_out``; ``plot`` and
-    ``log_dir`` get one file / folder per order (``NAME.order-K.png``, ``DIR/order-K``).
+    ``log_dir`` get one file / folder per order (``NAME.order-K.png``, ``DIR/order-K``), and so does ``report``.
     """
     results: list[dict[str, Any]] = []
     for k in range(orders):
@@ -217,6 +239,7 @@ def run_orders(orders: int, *, seed: int = 0, metrics_out: Path | None = None, p
         m = run_training(**options, seed=seed, order_seed=seed + k, quiet=quiet, echo=echo,
                          out=(lambda s: None) if orders > 1 else out, model_out=model_out if k == 0 else None,
                          plot=_numbered(plot, k) if plot is not None and orders > 1 else plot,
+                         report=_numbered(report, k) if report is not None and orders > 1 else report,
                          log_dir=log_dir / f"order-{k + 1}" if log_dir is not None and orders > 1 else log_dir)
         if k and "joint_accuracy" in results[0]:
             m["joint_accuracy"] = results[0]["joint_accuracy"]
@@ -316,7 +339,8 @@ def write_json(data: dict[str, Any], path: Path) -> None:
 
 
 def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.0, metrics_out: Path | None = None,
-                   allow_incomplete: bool = False, out: Echo = print, trust_pickle: bool = False) -> dict[str, Any]:
+                   allow_incomplete: bool = False, out: Echo = print, trust_pickle: bool = False,
+                   report: Path | None = None) -> dict[str, Any]:
     holdout = check_run_options({"holdout": holdout})["holdout"]
     model = load_model(model_path, trust_pickle=trust_pickle)
     stream, scan = open_checked(stores, "stores", allow_incomplete=allow_incomplete, holdout=holdout,
@@ -325,18 +349,47 @@ def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.
         if holdout and scan.heldout == 0:
             raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
         check_model_fits(model, stream, "the stores")
-        report = evaluate_head(model.head, stream).report()
-    metrics = {"model": str(model_path), "stores": [str(s) for s in stores], "holdout_fraction": holdout,
-               "heldout": report, **model.summary()}
+        for note in training_overlap(model, [(s.path, s.n_rows) for s in stream.stores], holdout):
+            warnings.warn(note, stacklevel=2)
+        held = evaluate_head(model.head, stream).report()
+        metrics = {"model": str(model_path), "stores": [str(s) for s in stores], "holdout_fraction": holdout,
+                   "heldout": held, **model.summary()}
+        if report is not None:
+            from pipeline.report import write_report
+
+            write_report(report, {**metrics, "stores": [s.get("path") for s in model.stores],
+                                  "test": [str(s) for s in stores], "learning_curve": model.history},
+                         head=model.head, test=stream, title=f"evaluate: {Path(model_path).name}")
     if metrics_out is not None:
         write_json(metrics, metrics_out)
-    out(f"accuracy {_pct(report.get('accuracy'))} on {report['rows']} rows"
-        + (f", log loss {report['log_loss']:.4f}" if report.get("log_loss") is not None else ""))
-    if report.get("unseen_labels"):
-        out(f"labels the model never learnt (counted as errors): {report['unseen_labels']}")
-    for label, r in (report.get("per_class") or {}).items():
+    out(f"accuracy {_pct(held.get('accuracy'))} on {held['rows']} rows"
+        + (f", log loss {held['log_loss']:.4f}" if held.get("log_loss") is not None else ""))
+    if held.get("unseen_labels"):
+        out(f"labels the model never learnt (counted as errors): {held['unseen_labels']}")
+    for label, r in (held.get("per_class") or {}).items():
         out(f"  {label:>20}  precision {r['precision']:.3f}  recall {r['recall']:.3f}  f1 {r['f1']:.3f}  n={r['support']}")
     return metrics
+
+
+def training_overlap(model: TrainedModel, stores: Sequence[tuple[Path, int]], holdout: float) -> list[str]:
+    """One line per evaluated store (path, rows) the model learnt from (same file, or same name and row count),
+    unless ``holdout`` picks only rows it held out (the held-out split of a fraction holds that of every smaller
+    one)."""
+    notes = []
+    for path, rows in stores:
+        resolved, name = str(Path(path).resolve()), Path(path).name
+        learnt = [r for r in model.stores if r.get("resolved") == resolved
+                  or (Path(str(r.get("path", ""))).name == name and r.get("rows") == rows)]
+        if not learnt:
+            continue
+        kept_out = min(float(r.get("holdout") or 0.0) for r in learnt)  # records before the field: trained on all
+        if holdout <= kept_out and holdout > 0:
+            continue
+        fix = (f"pass --holdout {kept_out:g} to evaluate on the rows it held out" if kept_out
+               else "evaluate on a store it did not learn from")
+        notes.append(f"the model was trained on {path}, so these rows include training rows and the accuracy is "
+                     f"optimistic (leakage); {fix}")
+    return notes
 
 
 def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None = None,

@@ -23,9 +23,10 @@ from pipeline.heads.base import Head
 from pipeline.loggers import RunLogger
 from pipeline.loop import Plugin, RunState, TrainingLoop
 from pipeline.models import TrainedModel, save_model
-from pipeline.plugins import (Checkpoints, EvaluationPoints, HeadHooks, JointReference, Replay, TaskEvaluation,
-                              evaluate_head)
-from pipeline.stream import FeatureStream, check_identity
+from pipeline.plugins import (AUTO_FIRST_POINT, Checkpoints, EvaluationPoints, HeadHooks, JointReference, Replay,
+                              TaskEvaluation, evaluate_head)
+from pipeline.identity import check_identity
+from pipeline.stream import FeatureStream
 
 __all__ = ["TrainOptions", "RunState", "train", "make_tasks", "evaluate_head", "check_model_fits", "run_key"]
 
@@ -34,6 +35,7 @@ __all__ = ["TrainOptions", "RunState", "train", "make_tasks", "evaluate_head", "
 class TrainOptions:
     epochs: int = 1
     eval_every: int = 0
+    auto_points: bool = False          # without eval_every: evaluate at 32, 64, 128, ... rows (a curve to draw)
     checkpoint_every: int = 0
     model_out: Path | None = None
     tasks: list[list[str]] | None = None
@@ -60,7 +62,11 @@ def run_key(train: FeatureStream, opts: TrainOptions) -> str:
 
 
 def check_model_fits(model: TrainedModel, stream: FeatureStream, what: str) -> None:
-    check_identity(model.backbone, {**stream.identity, "feature_dim": stream.feature_dim}, what)
+    """Refuse a stream whose features do not fit the model, naming the store (``what``: which stores these are;
+    every store of a stream shares the first one's backbone, checked when it is opened)."""
+    first = str(stream.paths[0])
+    name = first if len(stream.paths) == 1 else f"{first} (like the other {what.removeprefix('the ')})"
+    check_identity(model.backbone, {**stream.identity, "feature_dim": stream.feature_dim}, name)
 
 
 def changed_options(previous: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -112,13 +118,15 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
         check_model_fits(model, test_stream, "the test stores")
     state = _start_state(model, train_stream, opts, log)
     incremental = opts.tasks is not None
-    record = [{"path": str(s.path), "resolved": str(s.path.resolve()), "rows": s.n_rows} for s in train_stream.stores]
+    record = [{"path": str(s.path), "resolved": str(s.path.resolve()), "rows": s.n_rows,
+               "holdout": train_stream.holdout} for s in train_stream.stores]
     model.stores.extend(r for r in record if r not in model.stores)
 
     plugins: list[Plugin] = [HeadHooks()]
     if opts.replay:
         plugins.append(Replay(opts.replay_memory, opts.pool_size, opts.seed))
-    plugins += [*model.head.plugins(), *opts.plugins, EvaluationPoints(test_stream, opts.eval_every)]
+    points = EvaluationPoints(test_stream, opts.eval_every, AUTO_FIRST_POINT if opts.auto_points else 0)
+    plugins += [*model.head.plugins(), *opts.plugins, points]
     if incremental:
         plugins.append(TaskEvaluation(test_stream))
         if opts.joint_reference and make_fresh_head is not None:

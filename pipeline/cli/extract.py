@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import WorkersType, _show_warnings, friendly_errors
+from pipeline.cli.common import HELP_OPTIONS, WorkersType, _show_warnings, friendly_errors
 
 
 EXTRACT_EPILOG = """\b
@@ -21,7 +21,7 @@ Examples:
 """
 
 
-@click.command("extract-features", epilog=EXTRACT_EPILOG)
+@click.command("extract-features", epilog=EXTRACT_EPILOG, context_settings=HELP_OPTIONS)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="The HDF5 feature store to write.")

@@ -347,7 +347,7 @@ class FastLinearHead(Head):
         if options.get("lr") is None:
             options["lr"] = default_lr(options["optimizer"], n_features)
         if engine == "river":
-            from pipeline.heads.river_linear import RiverLinearHead
+            from pipeline.heads.river_engine import RiverLinearHead
 
             head: Head = RiverLinearHead(cls.name, **options)
             head.capabilities = cls.capabilities

@@ -69,8 +69,13 @@ class Option:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         kind = "an integer" if self.type is int else "a finite number"
-        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
-        hi = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        def num(v: float) -> str:
+            return f"{int(v):,}" if self.type is int else f"{v:g}"
+
+        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {num(self.low)}"
+        # a bound that only guards against overflow (2**31 - 1 and above) is not worth saying
+        hi = ("" if self.high is None or self.high >= 2**31 - 1
+              else f"{'<' if self.high_open else '<='} {num(self.high)}")
         bounds = " and ".join(b for b in (lo, hi) if b)
         return (kind + (f" {bounds}" if bounds else "")) + (", or auto" if self.auto else "")
 
