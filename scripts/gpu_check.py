@@ -202,13 +202,24 @@ def child_e2e(args: argparse.Namespace) -> dict[str, Any]:
     warm = np.stack([decode_image(listed.root / listed.paths[0], bb.input_size)] * b)
     bb.embed(warm, b)  # the trace at this batch size is not timed
     workers = max(1, _cores() - 1)
+    done: list[tuple[float, int]] = []  # (when, files) of each partition on disk
+
+    class Timed(LocalExecutor):
+        def run(self, job: Any, parts: Any, on_images: Any) -> Any:
+            for result in super().run(job, parts, on_images):
+                done.append((time.perf_counter(), len(result.part)))
+                yield result
+
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
+        # three partitions or more: the first carries the decoders' start-up, the rest are the steady rate
         res = extract_features(listed, Path(tmp) / "check.h5", config, batch_size=b,
-                               executor=LocalExecutor(workers, args.decode), checkpoint_rows=max(b, 4096),
+                               executor=Timed(workers, args.decode), checkpoint_rows=max(b, len(listed.paths) // 3),
                                progress=False)
     timings = {k: round(v, 2) for k, v in res.timings.items()}
+    steady = (sum(n for _, n in done[1:]) / (done[-1][0] - done[0][0])) if len(done) > 1 else None
     return {**_device_facts(), "images": res.rows, "skipped": res.skipped, "workers": workers,
-            "images_per_s": round(res.images_per_s, 1), "elapsed_s": round(res.elapsed_s, 2), "timings": timings,
+            "images_per_s": round(res.images_per_s, 1), "elapsed_s": round(res.elapsed_s, 2),
+            "steady_images_per_s": round(steady, 1) if steady else None, "partitions": len(done), "timings": timings,
             "store_device": res.backbone.get("device"), "store_precision": res.backbone.get("precision")}
 
 
@@ -390,10 +401,12 @@ def table(variants: list[Variant], skipped: list[str]) -> str:
                             f"{m['host_preprocess_images_per_s']:.0f} img/s")
         else:
             base = raw.get((v.backbone, v.backend, v.precision))
-            ratio = f", {r['images_per_s'] / base:.2f}x backbone" if base else ""
+            steady = r.get("steady_images_per_s")
+            ratio = f", steady {steady / base:.2f}x backbone" if base and steady else ""
             t = r["timings"]
-            rows.append(f"{v.name:<50} {r['images_per_s']:>8.0f}      {r['device']}{ratio}, decode wait "
-                        f"{t.get('decode_wait_s', 0)} s, embed {t.get('embed_s', 0)} s")
+            rows.append(f"{v.name:<50} {r['images_per_s']:>8.0f}      {r['device']}, steady "
+                        f"{steady if steady else '-'} img/s{ratio}, decode wait {t.get('decode_wait_s', 0)} s, "
+                        f"embed {t.get('embed_s', 0)} s")
     if skipped:
         rows.append(f"skipped (out of time): {len(skipped)}: " + "; ".join(skipped))
     return "\n".join(rows)
