@@ -15,12 +15,12 @@ import numpy as np
 from pipeline.evaluate import Evaluation, continual_metrics
 from pipeline.heads.base import Head
 from pipeline.heads.exemplars import ExperienceReplay
-from pipeline.heads.nme import MEMORY_OPTION, POOL_OPTION
-from pipeline.loop import Chunk, Plugin, TrainingLoop, fmt, ratio
+from pipeline.heads.defaults import REPLAY_OPTIONS
+from pipeline.loop import Chunk, Plugin, TrainingLoop, fmt
+from pipeline.metrics import curve_point, ratio
 from pipeline.models import TrainedModel
 from pipeline.stream import FeatureStream
 
-REPLAY_OPTIONS = (MEMORY_OPTION, POOL_OPTION)  # --memory and --pool-size, read by --replay too
 
 
 def evaluate_head(head: Head, stream: FeatureStream | None, classes: set | None = None) -> Evaluation:
@@ -144,12 +144,11 @@ class EvaluationPoints(EveryRows):
             held = evaluate_head(loop.head, self.test, loop.seen_classes() if loop.incremental else None)
         rows, seconds = s.rows - self.last[0], loop.t_learn - self.last[1]
         self.last = (s.rows, loop.t_learn)
-        entry: dict[str, Any] = {
-            "rows_seen": s.rows, "task": min(s.task, len(loop.tasks) - 1) + 1,  # 1-based, as logged
-            "progressive_accuracy": ratio(s.progressive_correct, s.progressive_rows),
-            "heldout_accuracy": held.accuracy if held is not None and held.rows else None,
-            "heldout_log_loss": held.log_loss if held is not None and held.rows else None,
-            "rows_per_s": rows / seconds if rows and seconds > 0 else None}
+        entry = curve_point(s.rows, min(s.task, len(loop.tasks) - 1) + 1,  # 1-based, as logged
+                            ratio(s.progressive_correct, s.progressive_rows),
+                            held.accuracy if held is not None and held.rows else None,
+                            held.log_loss if held is not None and held.rows else None,
+                            rows / seconds if rows and seconds > 0 else None)
         if loop.incremental and held is not None and held.rows:
             entry["task_accuracy"] = [_none_if_nan(held.accuracy_on(set(t))) if j < entry["task"] else None
                                       for j, t in enumerate(loop.tasks)]
@@ -214,22 +213,34 @@ def incremental_metrics(tasks: list[list[str]], matrix: list[list[float | None]]
 
 
 class JointReference(Plugin):
-    """The same head trained on every class in one go, on the same data: ``metrics["joint_accuracy"]``."""
+    """The same head trained on every class in one go, on the same data: ``metrics["joint_accuracy"]``.
 
-    def __init__(self, make_fresh_head: Callable[[], Head], test: FeatureStream | None):
-        self.make_fresh_head, self.test = make_fresh_head, test
+    ``fit_joint`` (optional) trains it elsewhere (in parallel, for heads that merge exactly); by default
+    a fresh head streams every row here.
+    """
+
+    def __init__(self, make_fresh_head: Callable[[], Head] | None, test: FeatureStream | None,
+                 fit_joint: Callable[[], Head] | None = None):
+        self.make_fresh_head, self.test, self.fit_joint = make_fresh_head, test, fit_joint
 
     def after_training(self, loop: TrainingLoop, metrics: dict[str, Any]) -> None:
+        joint = self.fit_joint() if self.fit_joint is not None else self._stream_all(loop)
+        joint.end_task()
+        metrics["joint_accuracy"] = evaluate_head(joint, self.test).accuracy
+        metrics["joint_minus_final"] = (metrics["joint_accuracy"] - metrics["final_accuracy"]
+                                        if metrics.get("final_accuracy") is not None else None)
+
+
+    def _stream_all(self, loop: TrainingLoop) -> Head:
+        if self.make_fresh_head is None:
+            raise ValueError("JointReference needs make_fresh_head or fit_joint")
         joint = self.make_fresh_head()
         joint.before_task(0, sorted(loop.stream.classes))
         for epoch in range(loop.epochs):
             for batch in loop.stream.with_options(classes=None).iter_epoch(epoch):
                 joint.partial_fit(batch.X, batch.y, batch.paths)
                 joint.after_chunk(batch.X, batch.y, batch.paths)
-        joint.end_task()
-        metrics["joint_accuracy"] = evaluate_head(joint, self.test).accuracy
-        metrics["joint_minus_final"] = (metrics["joint_accuracy"] - metrics["final_accuracy"]
-                                        if metrics.get("final_accuracy") is not None else None)
+        return joint
 
 
 class Checkpoints(EveryRows):

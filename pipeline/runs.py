@@ -18,11 +18,13 @@ import numpy as np
 
 from pipeline.errors import ModelFileError, OptionError
 from pipeline.heads import head_class, heads, make_head
-from pipeline.heads.registry import readers
+from pipeline.heads.defaults import DEFAULT_HEAD
+from pipeline.heads.registry import mergeable_text, readers
 from pipeline.models import TrainedModel, backbone_metadata, load_model, migrate_model, save_model
 from pipeline.options import check_run_options
 from pipeline.plugins import REPLAY_OPTIONS
 from pipeline.identity import check_identity
+from pipeline.metrics import add_sources
 from pipeline.stream import FeatureStream, StoreScan
 from pipeline.train import TrainOptions, check_model_fits, evaluate_head, make_tasks, train
 
@@ -48,8 +50,10 @@ def _split_head_options(head: str, given: dict[str, Any], replay: bool) -> tuple
     caps = head_class(head).capabilities
     if replay and caps.keeps_exemplars:
         raise OptionError(f"--replay: --head {head} keeps its own exemplars; replay would only count them twice")
-    if replay and given.get("method") in ("er", "icarl", "agem"):
-        raise OptionError(f"--replay: --method {given['method']} keeps its own exemplar memory; "
+    own_memory = [f"{o.cli_flag} {given[o.name]}" for o in head_class(head).options
+                  if o.name in given and given[o.name] in dict(caps.keeps_exemplars_when).get(o.name, ())]
+    if replay and own_memory:
+        raise OptionError(f"--replay: {own_memory[0]} keeps its own exemplar memory; "
                           "replay would only count those rows twice")
     if replay and caps.order_free:
         raise OptionError(f"--replay: --head {head} does not forget (its result does not depend on row order), "
@@ -101,8 +105,13 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                               "first_increment": first_increment, "orders": orders})
     if orders is not None:
         _check_orders(increment, tasks, class_order, resume, checkpoint_every)
-        args = {k: v for k, v in locals().items() if k not in ("nums", "orders", "order_seed")}  # this call's
-        return run_orders(orders, **args)
+        return run_orders(orders, stores=stores, head=head, head_options=head_options, holdout=holdout,
+                          test_stores=test_stores, eval_every=eval_every, epochs=epochs, shuffle_buffer=shuffle_buffer,
+                          chunk_rows=chunk_rows, seed=seed, metrics_out=metrics_out, plot=plot, model_out=model_out,
+                          checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete,
+                          quiet=quiet, increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint,
+                          replay=replay, first_increment=first_increment, log_dir=log_dir, executor=executor,
+                          workers=workers, trust_pickle=trust_pickle, echo=echo, out=out)
     if model_out is None and resume is not None:
         model_out = resume
     incremental = increment is not None or tasks is not None
@@ -111,7 +120,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
     model = load_model(resume, trust_pickle=trust_pickle) if resume is not None else None
     if model is not None and head is not None and head != model.head_name:
         raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
-    head = model.head_name if model is not None else head or "logreg"
+    head = model.head_name if model is not None else head or DEFAULT_HEAD
     given, replay_opts = _split_head_options(head, given, replay)
     if model is not None:
         _check_resumed_settings(model, given)
@@ -158,8 +167,8 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                             auto_points=not eval_every and (plot is not None or log_dir is not None
                                                             or report is not None),
                             model_out=model_out, tasks=task_list, joint_reference=not no_joint, replay=replay,
-                            replay_memory=replay_opts.get("memory", 2000),
-                            pool_size=replay_opts.get("pool_size", 1000), seed=seed, progress=not quiet,
+                            replay_memory=replay_opts.get("memory", TrainOptions.replay_memory),
+                            pool_size=replay_opts.get("pool_size", TrainOptions.pool_size), seed=seed, progress=not quiet,
                             log_dir=log_dir)
         if executor == "local":
             metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
@@ -169,9 +178,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
             check_parallel(model.head_name, model.head, opts)
             with open_executor(executor, workers, progress=not quiet) as pool:
                 metrics = train_parallel(model, train_stream, test_stream, opts, pool, log=echo)
-        metrics["stores"] = [str(p) for p in stores]
-        metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)
-        metrics["holdout_fraction"] = holdout
+        add_sources(metrics, stores, test_stores, holdout)
         if metrics_out is not None:
             write_json(metrics, metrics_out)
         if plot is not None:
@@ -432,9 +439,7 @@ def run_merge(paths: Sequence[Path], output: Path, out: Echo = print, trust_pick
     models = [load_model(p, trust_pickle=trust_pickle) for p in paths]
     first = models[0]
     if not first.head.mergeable:
-        mergeable = [n for n, cls in heads().items() if cls.capabilities.mergeable]
-        raise OptionError(f"{first.head_name} models cannot be merged exactly; only {', '.join(mergeable)} "
-                          "and nme --class-means exact can")
+        raise OptionError(f"{first.head_name} models cannot be merged exactly; only {mergeable_text()} can")
     if len({Path(p).resolve() for p in paths}) < len(paths):
         raise OptionError("merge was given the same model file twice: its rows would count twice")
     _refuse_overlap(paths, models)

@@ -97,12 +97,12 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
         warnings.warn("--mixed-precision is deprecated; use --precision float16 (or auto: float16 on a GPU)",
                       stacklevel=1)
         precision = "float16"
+    listed = list_images(source, layout, label_key=label_key, decoder=decoder)  # fails before Keras is imported
     n_workers: int | None
     if executor == "local":
         n_workers = resolve_workers(workers, device())
     else:  # actors: the cluster's shape decides (the driver does not look at its own device)
         n_workers = None if workers == "auto" else int(workers)
-    listed = list_images(source, layout, label_key=label_key, decoder=decoder)
     excluded = 0
     if exclude:
         from pipeline.exclude import exclude_stored

@@ -18,7 +18,7 @@ from pipeline.cli.common import (HELP_OPTIONS, _show_warnings, click_option, fri
 from pipeline.heads import heads
 from pipeline.heads.registry import Option
 from pipeline.options import RUN_OPTIONS
-from pipeline.plugins import REPLAY_OPTIONS
+from pipeline.heads.defaults import DEFAULT_HEAD, REPLAY_OPTIONS
 
 TRAIN_EPILOG = """\b
 Examples:
@@ -62,7 +62,7 @@ def head_options(func: Callable[..., Any]) -> Callable[..., Any]:
         func = click_option(opt, help=_help(name, readers))(func)
     summaries = "; ".join(f"{n}: {cls.summary}" for n, cls in heads().items())
     return click.option("--head", type=click.Choice(list(heads())), default=None,
-                        help=f"{summaries}. [default: logreg]")(func)
+                        help=f"{summaries}. [default: {DEFAULT_HEAD}]")(func)
 
 
 def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

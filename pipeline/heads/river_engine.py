@@ -19,6 +19,7 @@ from river.utils import VectorDict
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
+from pipeline.heads.defaults import default_lr
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -46,7 +47,7 @@ def _mirror(model: linear_model.LogisticRegression) -> linear_model.LogisticRegr
 class RiverLinearHead(Head):
     """A River pipeline (``StandardScaler`` first by default) behind the head interface."""
 
-    def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float = 0.01, l2: float = 0.0,
+    def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float | None = None, l2: float = 0.0,
                  scale: bool = True, batch_size: int | None = None):
         super().__init__()
         if kind not in ("logreg", "softmax"):
@@ -56,7 +57,7 @@ class RiverLinearHead(Head):
                             "drop --batch-size to learn row by row, or use --head logreg")
         self.name, self.kind = kind, kind
         self.optimizer, self.lr, self.l2, self.scale, self.batch_size = optimizer, lr, l2, scale, batch_size
-        make_optimizer(optimizer, lr)
+        make_optimizer(optimizer, 1.0 if lr is None else lr)  # refuses an unknown optimizer now
         self.model_: Any = None
         self._names: list[str] = []
 
@@ -65,6 +66,10 @@ class RiverLinearHead(Head):
         return out if self.kind == "softmax" else {**out, "batch_size": self.batch_size}
 
     def _classifier(self) -> Any:
+        if self.lr is None:  # the default rule, once the feature count is known
+            self.lr = default_lr(self.optimizer, self.n_features_in_)
+        if self.lr is None:
+            raise HeadError("the learning rate is set by the first rows; none has been seen")
         opt = make_optimizer(self.optimizer, self.lr)
         if self.kind == "softmax":
             return linear_model.SoftmaxRegression(optimizer=opt, l2=self.l2)
