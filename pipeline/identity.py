@@ -36,11 +36,13 @@ DERIVED_KEYS: tuple[str, ...] = ("feature_dim",)
 # given (``hub_preset``: a name or a folder): predict finds the backbone there with no option repeated; the
 # recorded ``weights`` hash is what must match, so a copied or moved preset is the same feature space.
 LOCATION_KEYS: tuple[str, ...] = ("weights_path", "hub_preset")
-# What predict needs, on top of the identity, to rebuild the backbone of a model.
-REBUILD_KEYS: tuple[str, ...] = (*IDENTITY_KEYS, "layer", "keras_version", "backend", "precision", *LOCATION_KEYS)
+# What predict needs, on top of the identity, to rebuild the backbone of a model (and decode as extraction did:
+# the JPEG decoder, pipeline.images.DECODERS).
+REBUILD_KEYS: tuple[str, ...] = (*IDENTITY_KEYS, "layer", "keras_version", "backend", "precision", "decoder",
+                                 *LOCATION_KEYS)
 # How the features were computed: recorded and shown, never compared.
 PROVENANCE_KEYS: tuple[str, ...] = ("layer", "mixed_precision", "precision", "kernels", "onednn_env",
-                                    "keras_version", "backend", "device", *LOCATION_KEYS, "hub_family",
+                                    "keras_version", "backend", "device", "decoder", *LOCATION_KEYS, "hub_family",
                                     "keras_hub_version")
 # What ``info`` shows as a store's or model's backbone (the dimension is shown on its own line).
 SHOWN_KEYS: tuple[str, ...] = (*(k for k in IDENTITY_KEYS if k not in DERIVED_KEYS), "layer")

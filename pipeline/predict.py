@@ -60,13 +60,23 @@ def model_backbone(model: TrainedModel, weights: str | None = None, keras_model:
     return backbone_from_info(model.backbone, weights=weights, model_path=keras_model)
 
 
+def model_decoder(model: TrainedModel, decoder: str | None = None) -> str:
+    """``decoder`` if given, else the one the model's features were extracted with (``pil`` before it was recorded)."""
+    from pipeline.images import check_decoder
+
+    return check_decoder(decoder or str(model.backbone.get("decoder") or "pil"))
+
+
 def predict_images(model: TrainedModel, backbone: Backbone, files: list[Path],
-                   batch_size: int = 32, decode_threads: int = 2) -> Iterator[Prediction]:
-    """Yield one prediction per file, in order; undecodable files give a prediction with ``error`` set."""
+                   batch_size: int = 32, decode_threads: int = 2, decoder: str = "pil") -> Iterator[Prediction]:
+    """Yield one prediction per file, in order; undecodable files give a prediction with ``error`` set.
+
+    ``decoder``: as extraction decoded (:func:`model_decoder`), so the features are computed the same way.
+    """
     classes = model.head.classes_
     groups = [files[s:s + batch_size] for s in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(decode_threads) as pool:
-        decode = lambda f: try_decode(f, backbone.input_size)  # noqa: E731
+        decode = lambda f: try_decode(f, backbone.input_size, decoder=decoder)  # noqa: E731
         for group, decoded in zip(groups, read_batches(pool, groups, decode)):
             feats, good, skipped = embed_decoded(backbone, decoded, batch_size)
             proba = model.head.predict_proba(feats) if good else np.zeros((0, 0))
@@ -94,12 +104,13 @@ class PredictWorker:
         return backbone_for(config).info
 
     def run(self, model: TrainedModel, config: BackboneConfig, files: Sequence[Path],
-            batch_size: int) -> list[Prediction]:
-        return list(predict_images(model, backbone_for(config), list(files), batch_size, self.decode_threads))
+            batch_size: int, decoder: str = "pil") -> list[Prediction]:
+        return list(predict_images(model, backbone_for(config), list(files), batch_size, self.decode_threads,
+                                   decoder))
 
 
 def predict_on_ray(model: TrainedModel, config: BackboneConfig, files: list[Path], batch_size: int = 32,
-                   workers: int | None = None, batches_per_part: int = 8) -> Iterator[Prediction]:
+                   workers: int | None = None, batches_per_part: int = 8, decoder: str = "pil") -> Iterator[Prediction]:
     """Like :func:`predict_images`, on a Ray cluster (``RAY_ADDRESS``, else a local Ray); same predictions."""
     from pipeline.backbones import check_rebuilt
     from pipeline.errors import ModelFileError
@@ -119,7 +130,7 @@ def predict_on_ray(model: TrainedModel, config: BackboneConfig, files: list[Path
             model_ref = pool.put(model)
             done: dict[int, list[Prediction]] = {}
             next_part = 0
-            for index, preds in pool.map_unordered("run", [(model_ref, config, p, batch_size) for p in parts]):
+            for index, preds in pool.map_unordered("run", [(model_ref, config, p, batch_size, decoder) for p in parts]):
                 done[index] = preds
                 while next_part in done:
                     yield from done.pop(next_part)

@@ -429,21 +429,22 @@ def training_overlap(model: TrainedModel, stores: Sequence[tuple[Path, int]], ho
 def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None = None,
                    keras_model: str | None = None, batch_size: int = 32, output: Path | None = None,
                    out: Echo = print, trust_pickle: bool = False, executor: str = "local",
-                   workers: int | None = None) -> list[Any]:
-    from pipeline.predict import collect_images, model_backbone, predict_images, predict_on_ray
+                   workers: int | None = None, decoder: str | None = None) -> list[Any]:
+    from pipeline.predict import collect_images, model_backbone, model_decoder, predict_images, predict_on_ray
 
     model = load_model(model_path, trust_pickle=trust_pickle)
+    decoder = model_decoder(model, decoder)
     files = collect_images(list(inputs))
     if executor == "ray":
         from pipeline.backbones import config_from_info
 
         config = config_from_info(model.backbone, weights, keras_model)
-        preds = list(predict_on_ray(model, config, files, batch_size, workers))
+        preds = list(predict_on_ray(model, config, files, batch_size, workers, decoder=decoder))
     else:
         backbone = model_backbone(model, weights, keras_model)
         if backbone.feature_dim != model.feature_dim:
             raise ModelFileError(f"the rebuilt backbone gives {backbone.feature_dim}-d features, the model expects {model.feature_dim}")
-        preds = list(predict_images(model, backbone, files, batch_size, workers or 2))
+        preds = list(predict_images(model, backbone, files, batch_size, workers or 2, decoder))
     for p in preds:
         out(f"{p.path}\t{p.label}\t{p.probability:.4f}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
     if output is not None:

@@ -59,15 +59,18 @@ Examples:
               help="ray: embed runs of files on a pool of Ray actors (RAY_ADDRESS, else a local Ray); same output.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="local: decoding threads [2]; ray: model workers (actors) [one per GPU, else one per 2 CPUs].")
+@click.option("--decoder", type=click.Choice(["pil", "simplejpeg"]), default=None,
+              help="JPEG decoder [the one the model's features were extracted with].")
 @trust_pickle_option
 @friendly_errors
 def predict_cmd(model: Path, inputs: tuple[Path, ...], weights: str | None, keras_model: str | None,
-                batch_size: int, output: Path | None, executor: str, workers: int | None, trust_pickle: bool) -> None:
+                batch_size: int, output: Path | None, executor: str, workers: int | None, decoder: str | None,
+                trust_pickle: bool) -> None:
     """Label raw images (files or folders) with a saved MODEL, end to end."""
     from pipeline.runs import run_prediction
 
     run_prediction(model, inputs, weights, keras_model, batch_size, output, out=click.echo, trust_pickle=trust_pickle,
-                   executor=executor, workers=workers)
+                   executor=executor, workers=workers, decoder=decoder)
 
 
 MERGE_EPILOG = """\b

@@ -76,7 +76,10 @@ def extraction_settings(source: ImageSource, backbone_info: dict[str, Any], *, s
     """Everything that must match for a partial run to be continued."""
     # The compute precision changes features by rounding: a partial run continues only at the same one.
     precision = {"precision": backbone_info.get("precision", "float32")}
-    return {**extraction_identity(backbone_info), **precision, "source_root": str(source.root.resolve()),
+    # The decoder changes pixels slightly: named only when not Pillow, so runs and stores made before the
+    # choice existed (all Pillow) still match and resume.
+    decoder = {"decoder": source.decoder} if source.decoder != "pil" else {}
+    return {**extraction_identity(backbone_info), **precision, **decoder, "source_root": str(source.root.resolve()),
             "layout": source.layout, "seed": seed, "shuffle": shuffle, "batch_size": batch_size, "dtype": dtype,
             "files": len(source.paths), "listing_sha256": listing_digest(source)}
 
@@ -181,7 +184,8 @@ def make_plan(source: ImageSource, out: Path, backbone_info: dict[str, Any], *, 
     plan.missing = missing_partitions(parts, plan.partitions)
     plan.already_complete = bool(manifest.get("complete")) and not merge and not out.exists()
     plan.order = file_order(len(source.paths), seed, shuffle)
-    plan.attrs = {**backbone_info, "classes": source.classes, "source_root": settings["source_root"],
+    plan.attrs = {**backbone_info, "decoder": source.decoder, "classes": source.classes,
+                  "source_root": settings["source_root"],
                   "layout": source.layout, "seed": seed, "shuffle": shuffle, "extraction_run": plan.run_id,
                   "extract_settings": json.dumps(settings, sort_keys=True),
                   "package_versions": json.dumps(package_versions(), sort_keys=True)}

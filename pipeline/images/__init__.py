@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 
 from pipeline.errors import SourceError
-from pipeline.images.decode import (ALPHA_BACKGROUND, DECODE_VERSION, DEFAULT_MAX_PIXELS, FORMATS, decode_image,
-                                    to_rgb, try_decode)
+from pipeline.images.decode import (ALPHA_BACKGROUND, DECODE_VERSION, DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS,
+                                    FORMATS, check_decoder, decode_image, to_rgb, try_decode)
 from pipeline.images.listing import (IMAGE_EXTENSIONS, ImageSource, kaggle_label, list_folder, list_kaggle,
                                      listing_digest, scan_folder)
 from pipeline.images.manifest import list_manifest
@@ -27,7 +27,7 @@ from pipeline.images.paths import ImageSkipped, clean_text, file_problem, open_r
 LAYOUTS = ("auto", "folder", "kaggle", "csv", "webdataset")
 
 __all__ = [
-    "ALPHA_BACKGROUND", "DECODE_VERSION", "DEFAULT_MAX_PIXELS", "FORMATS", "IMAGE_EXTENSIONS", "LAYOUTS",
+    "ALPHA_BACKGROUND", "DECODE_VERSION", "DECODERS", "DEFAULT_DECODER", "DEFAULT_MAX_PIXELS", "check_decoder", "FORMATS", "IMAGE_EXTENSIONS", "LAYOUTS",
     "ImageSkipped", "ImageSource", "TarSource", "clean_text", "decode_image", "detect_layout", "file_problem", "kaggle_label",
     "list_images", "list_webdataset", "listing_digest", "open_regular", "path_from_record", "record_path", "scan_folder", "to_rgb",
     "try_decode",
@@ -84,20 +84,22 @@ def _list(source: Path, layout: str, root: Path | None, encoding: str | None, la
 
 def list_images(source: str | Path, layout: str = "auto", *, root: str | Path | None = None,
                 encoding: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                label_key: str | None = None) -> ImageSource:
+                label_key: str | None = None, decoder: str = DEFAULT_DECODER) -> ImageSource:
     """List the images of ``source`` (a directory, a CSV manifest, WebDataset shards) in sorted order.
 
     ``root``: the folder a manifest's paths are relative to (default: the
     manifest's own). ``encoding``: the manifest's, if detection is not
     enough. ``max_pixels``: images larger than this are skipped.
     ``label_key``: the member extension holding WebDataset labels (default
-    ``cls``, else ``txt``). A brace pattern (``shards-{000..099}.tar``) is
+    ``cls``, else ``txt``). ``decoder``: how the images will be decoded
+    (:data:`DECODERS`; checked here, so a missing package is said before any work). A brace pattern (``shards-{000..099}.tar``) is
     WebDataset shards.
     """
     if layout not in LAYOUTS:
         raise SourceError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if max_pixels < 1:
         raise SourceError(f"max_pixels must be at least 1, got {max_pixels}")
+    check_decoder(decoder)
     pattern = is_brace_pattern(str(source)) and not Path(source).exists()
     if pattern and layout in ("auto", "webdataset"):
         layout = "webdataset"
@@ -114,6 +116,7 @@ def list_images(source: str | Path, layout: str = "auto", *, root: str | Path | 
     if not listed.paths:
         raise SourceError(f"no images found in {source} (layout {listed.layout})")
     listed.max_pixels = max_pixels
+    listed.decoder = decoder
     for note in listed.warnings:
         warnings.warn(note, stacklevel=2)
     return listed

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import SourceError
-from pipeline.images.decode import DECODE_VERSION, DEFAULT_MAX_PIXELS, try_decode
+from pipeline.images.decode import DECODE_VERSION, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, try_decode
 from pipeline.images.paths import file_problem, path_from_record, record_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -43,6 +43,7 @@ class ImageSource:
     warnings: list[str] = field(default_factory=list)
     problems: dict[int, str] = field(default_factory=dict)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decoder: str = DEFAULT_DECODER  # pipeline.images.decode.DECODERS; part of a run's settings, not of the digest
 
     def label_indices(self) -> np.ndarray:
         index = {name: i for i, name in enumerate(self.classes)}
@@ -55,7 +56,8 @@ class ImageSource:
     def decode(self, i: int, size: tuple[int, int]) -> np.ndarray | str:
         """Entry ``i`` as a ``(height, width, 3)`` uint8 array, or the reason it is skipped."""
         problem = self.problems.get(i)
-        return problem if problem is not None else try_decode(self.file(i), size, max_pixels=self.max_pixels)
+        return problem if problem is not None else try_decode(self.file(i), size, max_pixels=self.max_pixels,
+                                                                       decoder=self.decoder)
 
     def subset(self, keep: Sequence[int]) -> "ImageSource":
         """The entries at positions ``keep`` (in that order), with their problems; classes recomputed."""

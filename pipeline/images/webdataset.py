@@ -129,7 +129,7 @@ class TarSource(ImageSource):
         def read() -> np.ndarray:
             with open_regular(self.shards[shard]) as fh:
                 with io.BufferedReader(_Window(fh, offset, length), 1 << 16) as member:
-                    return decode_stream(member, size, max_pixels=self.max_pixels)
+                    return decode_stream(member, size, max_pixels=self.max_pixels, decoder=self.decoder)
 
         return skip_reason(read)
 
