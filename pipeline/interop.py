@@ -257,14 +257,34 @@ def _batches(source: _Source, columns: list[str], chunk_rows: int, pq: Any) -> I
                 row += batch.num_rows
 
 
-def _embeddings_of(batch: Any, column: str, path: Path, pa: Any) -> np.ndarray:
+def _embeddings_of(batch: Any, column: str, path: Path, pa: Any, first_row: int = 0) -> np.ndarray:
+    """The batch's embedding column as (rows, dim); a missing, ragged or null-holding row is refused by number."""
+    import pyarrow.compute as pc
+
     col = batch.column(column)
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
         raise InteropError(f"{path}: column {column!r} is {col.type}, not a list of floats")
-    values = col.flatten().to_numpy(zero_copy_only=False)
-    if len(col) and (col.null_count or len(values) % len(col)):
-        raise InteropError(f"{path}: column {column!r} has missing or ragged embeddings")
-    return values.reshape(len(col), -1 if len(col) else 0)
+    if len(col) == 0:
+        return np.zeros((0, 0), np.float32)
+    if col.null_count:
+        bad = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InteropError(f"{path}: row {first_row + bad} has no embedding (null in column {column!r})")
+    if pa.types.is_fixed_size_list(col.type):
+        dim = int(col.type.list_size)
+    else:
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        dim = int(lengths[0])
+        if (lengths != dim).any():
+            bad = int(np.flatnonzero(lengths != dim)[0])
+            raise InteropError(f"{path}: row {first_row + bad} has a {int(lengths[bad])}-value embedding, row "
+                               f"{first_row} has {dim}; every row must have the same length (ragged {column!r})")
+    flat = col.flatten()
+    if flat.null_count:
+        bad = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InteropError(f"{path}: row {first_row + bad // max(dim, 1)} holds a null value inside its "
+                           f"embedding (column {column!r}); fill or drop it before importing")
+    values = flat.to_numpy(zero_copy_only=False)
+    return values.reshape(len(col), dim)
 
 
 def _read_meta(source: _Source, pq: Any) -> tuple[dict[str, Any], list[str]]:
@@ -313,12 +333,12 @@ def _store_dtype(dtype: np.dtype, path: Path, notes: list[str]) -> str:
 
 def _rows(source: _Source, columns: list[str], chunk_rows: int, label_col: str | None, path_col: str | None,
           embedding_column: str, index: dict[str, int], pa: Any, pq: Any
-          ) -> Iterator[tuple[Path, np.ndarray, np.ndarray, list[str]]]:
-    """Yield (embedding file, features, label indices, paths) for each non-empty batch."""
+          ) -> Iterator[tuple[Path, int, np.ndarray, np.ndarray, list[str]]]:
+    """Yield (embedding file, first row in it, features, label indices, paths) for each non-empty batch."""
     for i, row, batch, X in _batches(source, columns, chunk_rows, pq):
         emb_path = source.embeddings[i]
         if X is None:
-            X = _embeddings_of(batch, embedding_column, emb_path, pa)
+            X = _embeddings_of(batch, embedding_column, emb_path, pa, row)
         if len(X) == 0:
             continue
         labels = np.full(len(X), -1, np.int32)
@@ -327,7 +347,7 @@ def _rows(source: _Source, columns: list[str], chunk_rows: int, label_col: str |
             labels[:] = [index.get(str(v), -1) if v is not None and v != "" else -1 for v in values]
         paths = ([str(p) for p in batch.column(path_col).to_pylist()] if path_col is not None
                  else [f"{emb_path.name}:{row + j}" for j in range(len(X))])
-        yield emb_path, X, labels, paths
+        yield emb_path, row, X, labels, paths
 
 
 def import_embeddings(src: str | Path, out: str | Path, *, label_column: str | None = None,
@@ -374,14 +394,15 @@ def import_embeddings(src: str | Path, out: str | Path, *, label_column: str | N
     try:
         with atomic_path(out) as tmp:
             try:
-                for emb_path, X, labels, paths in _rows(source, columns, chunk_rows, label_col, path_col,
+                for emb_path, row, X, labels, paths in _rows(source, columns, chunk_rows, label_col, path_col,
                                                         embedding_column, index, pa, pq):
                     if writer is None:
                         result.feature_dim, result.dtype = X.shape[1], _store_dtype(X.dtype, emb_path, result.notes)
                         writer = StoreWriter(tmp, attrs, result.feature_dim, result.dtype)
                     if X.shape[1] != result.feature_dim:
-                        raise InteropError(f"{emb_path} has {X.shape[1]}-d embeddings; earlier files "
-                                           f"have {result.feature_dim}")
+                        where = "earlier files" if row == 0 else f"its rows before row {row}"
+                        raise InteropError(f"{emb_path} has {X.shape[1]}-d embeddings; {where} have "
+                                           f"{result.feature_dim}")
                     writer.append(np.asarray(X, dtype=result.dtype), labels, paths)
                     bar.update(len(X))
                 if writer is None:
