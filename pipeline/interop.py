@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.errors import InteropError
+from pipeline.extraction.lock import output_locks
 from pipeline.store import IDENTITY_KEYS, StoreWriter, atomic_path, open_store
 
 META_KEY = b"incremental_pipeline"
@@ -98,8 +99,58 @@ def export_store(store_path: str | Path, out: str | Path, fmt: str = "npy", *, s
         raise InteropError(f"unknown export format {fmt!r}; expected npy or parquet")
     pa, pq = _pa()
     out = Path(out)
-    if out.exists() and not overwrite:
+    _check_export_target(out, overwrite)
+    with output_locks(out):
+        return _export_locked(store_path, out, fmt, shard_rows, chunk_rows, overwrite, allow_incomplete, progress,
+                              pa, pq)
+
+
+def _check_export_target(out: Path, overwrite: bool) -> None:
+    """Refuse an existing OUTPUT without --overwrite, and with it anything that is not an earlier export."""
+    resolved = out.resolve()
+    if resolved == resolved.parent or resolved == Path.cwd().resolve() or resolved == Path.home().resolve():
+        raise InteropError(f"refusing to export into {out} ({resolved}): name a new folder to create")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
         raise InteropError(f"{out} exists; pass --overwrite to replace it")
+    problem = _not_an_export(out)
+    if problem:
+        raise InteropError(f"{out} exists and is not an export ({problem}): --overwrite replaces only a folder "
+                           "that pipeline export wrote; remove it yourself or pick another name")
+
+
+def _not_an_export(folder: Path) -> str:
+    """Why ``folder`` is not what export writes (empty when it is): only img_emb/ and metadata/ holding shard
+    files, the parquet ones marked with export's schema metadata. Nothing else may be deleted by --overwrite."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "not a folder"
+    tables = []
+    for entry in folder.iterdir():
+        if entry.name not in (EMB_DIR, META_DIR) or entry.is_symlink() or not entry.is_dir():
+            return f"it holds {entry.name}"
+        for file in entry.iterdir():
+            if not re.fullmatch(rf"{entry.name}_\d+\.(npy|parquet)", file.name) or file.is_symlink() \
+                    or not file.is_file():
+                return f"it holds {entry.name}/{file.name}"
+            if file.suffix == ".parquet":
+                tables.append(file)
+    if not tables:
+        return "no parquet table of an export in it"
+    _, pq = _pa()
+    for table in tables:
+        try:
+            marked = META_KEY in (pq.read_schema(table).metadata or {})
+        except Exception:  # pyarrow raises several types for a file that is not parquet
+            marked = False
+        if not marked:
+            return f"{table.relative_to(folder)} was not written by pipeline export"
+    return ""
+
+
+def _export_locked(store_path: str | Path, out: Path, fmt: str, shard_rows: int, chunk_rows: int, overwrite: bool,
+                   allow_incomplete: bool, progress: bool, pa: Any, pq: Any) -> InteropResult:
+    _check_export_target(out, overwrite)  # again under the lock: another run may have finished meanwhile
     tmp = out.with_name(f".{out.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     with open_store(store_path, allow_incomplete) as store:
@@ -363,6 +414,16 @@ def import_embeddings(src: str | Path, out: str | Path, *, label_column: str | N
     src, out = Path(src), Path(out)
     if out.exists() and not overwrite:
         raise InteropError(f"{out} exists; pass --overwrite to replace it")
+    with output_locks(out):
+        if out.exists() and not overwrite:  # again under the lock: another import may have just finished
+            raise InteropError(f"{out} exists; pass --overwrite to replace it")
+        return _import_locked(src, out, label_column, path_column, backbone_name, embedding_column, chunk_rows,
+                              progress, pa, pq)
+
+
+def _import_locked(src: Path, out: Path, label_column: str | None, path_column: str | None,
+                   backbone_name: str | None, embedding_column: str, chunk_rows: int, progress: bool,
+                   pa: Any, pq: Any) -> InteropResult:
     source = _find_source(src)
     meta, names = _read_meta(source, pq)
     label_col = _pick_column(label_column, "label", names, "label", src)

@@ -1,0 +1,161 @@
+"""Reliability round 3: every writing command locks its output, crafted stores and parts folders,
+bounded inputs, leftovers of killed runs.
+
+Concurrent runs are real: a second process holds the output's lock (as a run in progress does).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import make_blobs_store
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, *expected: str) -> None:
+    """Exit status 1, no traceback, a single line naming every ``expected`` text."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    for text in expected:
+        assert text in lines[0], result.output
+
+
+def hold_lock(out: Path) -> subprocess.Popen:
+    """A real second process holding the output lock of ``out``, as a run in progress does."""
+    code = ("import sys, time; from pathlib import Path; from pipeline.extraction.lock import output_lock\n"
+            "with output_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def release(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """Two slda models of disjoint stores (mergeable), and their stores."""
+    folder = tmp_path_factory.mktemp("models")
+    a = make_blobs_store(folder / "a.h5", 60, 8, ["x", "y", "z"], seed=1)
+    b = make_blobs_store(folder / "b.h5", 60, 8, ["x", "y", "z"], seed=2)
+    for store, model in ((a, folder / "a.model"), (b, folder / "b.model")):
+        r = invoke("train-incremental", store, "--head", "slda", "--model-out", model, "-q")
+        assert r.exit_code == 0, r.output
+    return folder / "a.model", folder / "b.model", a, b
+
+
+# --- every writing command takes the output lock ------------------------------------------------
+
+def _commands(tmp: Path, models) -> dict[str, tuple[Path, list[object]]]:
+    a_model, b_model, a, b = models
+    emb = tmp / "emb"
+    r = invoke("export", a, "-o", emb, "-q")
+    assert r.exit_code == 0, r.output
+    return {
+        "import": (tmp / "imp.h5", ["import", emb, "-o", tmp / "imp.h5", "-q"]),
+        "export": (tmp / "exp", ["export", a, "-o", tmp / "exp", "-q"]),
+        "merge": (tmp / "m.model", ["merge", a_model, b_model, "-o", tmp / "m.model"]),
+        "model-out": (tmp / "t.model", ["train-incremental", a, "--head", "slda", "--model-out", tmp / "t.model", "-q"]),
+        "metrics-out": (tmp / "t.json", ["train-incremental", a, "--head", "slda", "--metrics-out", tmp / "t.json",
+                                         "-q"]),
+        "log-dir": (tmp / "logs", ["train-incremental", a, "--head", "slda", "--log-dir", tmp / "logs", "-q"]),
+        "resume": (a_model, ["train-incremental", b, "--resume", a_model, "-q"]),
+        "evaluate": (tmp / "e.json", ["evaluate", a_model, a, "--metrics-out", tmp / "e.json"]),
+        "migrate": (tmp / "mig.model", ["migrate-model", a_model, "-o", tmp / "mig.model"]),
+    }
+
+
+COMMANDS = ["import", "export", "merge", "model-out", "metrics-out", "log-dir", "resume", "evaluate", "migrate"]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_second_run_of_a_writing_command_on_one_output_is_refused_in_one_line(tmp_path, two_models, name):
+    out, args = _commands(tmp_path, two_models)[name]
+    before = out.read_bytes() if out.is_file() else None
+    holder = hold_lock(out)
+    try:
+        one_line_error(invoke(*args), "another run is writing", f"{out.name}.lock")
+        assert (out.read_bytes() if out.is_file() else None) == before  # untouched while the other run holds it
+        if before is None:
+            assert not out.exists()
+    finally:
+        release(holder)
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert out.exists() and not out.with_name(out.name + ".lock").exists()
+
+
+def test_import_exists_check_is_made_under_the_lock(tmp_path, two_models, monkeypatch):
+    """The run that waited behind another import finds the output written and refuses (no silent loss)."""
+    import pipeline.interop as interop
+
+    emb = tmp_path / "emb"
+    assert invoke("export", two_models[2], "-o", emb, "-q").exit_code == 0
+    out = tmp_path / "s.h5"
+    real = interop.output_locks
+
+    def other_run_finishes_first(*paths):
+        monkeypatch.setattr(interop, "output_locks", real)
+        assert invoke("import", emb, "-o", out, "-q").exit_code == 0  # wins the race
+        return real(*paths)
+
+    monkeypatch.setattr(interop, "output_locks", other_run_finishes_first)
+    one_line_error(invoke("import", emb, "-o", out, "-q"), "exists; pass --overwrite")
+    assert out.exists()
+
+
+def test_stale_temporaries_of_dead_runs_are_removed_by_the_rerun(tmp_path, two_models):
+    emb = tmp_path / "emb"
+    assert invoke("export", two_models[2], "-o", emb, "-q").exit_code == 0
+    out = tmp_path / "s.h5"
+    dead = [tmp_path / "s.h5.999999.0badcafe.tmp", tmp_path / "s.h5.999998.tmp"]
+    for path in dead:
+        path.write_bytes(b"half written")
+    other = tmp_path / "s.h5x.1234.tmp"  # another output's file is not touched
+    other.write_bytes(b"")
+    assert invoke("import", emb, "-o", out, "-q").exit_code == 0
+    assert not any(p.exists() for p in dead) and other.exists()
+
+
+def test_export_overwrite_replaces_only_an_earlier_export(tmp_path, two_models):
+    store = two_models[2]
+    user = tmp_path / "thesis"
+    (user / "chapter").mkdir(parents=True)
+    (user / "thesis.txt").write_text("years of work")
+    one_line_error(invoke("export", store, "-o", user, "--overwrite", "-q"), "is not an export", "--overwrite")
+    assert (user / "thesis.txt").read_text() == "years of work" and (user / "chapter").is_dir()
+    emb = tmp_path / "emb"
+    assert invoke("export", store, "-o", emb, "-q").exit_code == 0
+    (emb / "notes.txt").write_text("mine")  # a user's file inside an export: refused too
+    one_line_error(invoke("export", store, "-o", emb, "--overwrite", "-q"), "it holds notes.txt")
+    (emb / "notes.txt").unlink()
+    r = invoke("export", store, "-o", emb, "--overwrite", "--format", "parquet", "-q")
+    assert r.exit_code == 0, r.output
+    assert list((emb / "img_emb").glob("*.parquet")) and not (emb / "metadata").exists()
+
+
+@pytest.mark.parametrize("target", [".", "/"])
+def test_export_into_the_current_or_root_folder_is_refused(tmp_path, two_models, monkeypatch, target):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke("export", two_models[2], "-o", target, "--overwrite", "-q"), "refusing to export into")
