@@ -88,6 +88,45 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _link_problem(file: h5py.File, name: str) -> str:
+    """Why ``file[name]`` is not data held in the file itself: "missing", a link leaving the file (external
+    or soft link), a virtual dataset or one stored in external raw files; "" when it is a plain object.
+
+    Links are looked at without following them, so a link loop or a dangling link is reported, not entered.
+    """
+    group: Any = file
+    parts = name.split("/")
+    for k, part in enumerate(parts):
+        try:
+            link = group.get(part, getlink=True)
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            return f"cannot be read ({exc})"
+        if link is None:
+            return "missing"
+        if isinstance(link, h5py.ExternalLink):
+            return f"is an external link to {link.filename}:{link.path}"
+        if isinstance(link, h5py.SoftLink):
+            return f"is a soft link to {link.path}"
+        if not isinstance(link, h5py.HardLink):
+            return f"is a {type(link).__name__}"
+        try:
+            obj = group[part]
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            return f"cannot be read ({exc})"
+        last = k == len(parts) - 1
+        if isinstance(obj, h5py.Dataset):
+            if not last or name == "skipped":
+                return "is a dataset where a group was expected"
+            if obj.is_virtual:
+                return "is a virtual dataset (its data lies in other files)"
+            if obj.external:
+                return "is stored in external raw files"
+        elif last and name != "skipped":
+            return "is a group, not a dataset"
+        group = obj
+    return ""
+
+
 class StoreWriter:
     """Append rows to a new store file; ``close(complete=True)`` marks it finished."""
 
@@ -205,10 +244,14 @@ class FeatureStore:
             self._file.close()
             raise StoreError(f"{self.path} has store format version {version}; this tool reads up to {FORMAT_VERSION}")
         self.meta: dict[str, Any] = {key: _from_attr(value) for key, value in attrs.items()}
-        for name in ("features", "labels", "paths"):
-            if name not in self._file:
+        for name in ("features", "labels", "paths", "skipped", "skipped/paths", "skipped/reasons"):
+            problem = _link_problem(self._file, name)
+            if problem and (not name.startswith("skipped") or problem != "missing"):
                 self._file.close()
-                raise StoreError(f"{self.path} lacks the dataset {name!r}")
+                if problem == "missing":
+                    raise StoreError(f"{self.path} lacks the dataset {name!r}")
+                raise StoreError(f"{self.path} is not a plain feature store: {name!r} {problem}; refused (a store's "
+                                 "data must lie in the file itself)")
         self.n_rows = int(self.meta["rows_done"])
         feats = self._file["features"]
         if feats.shape[0] < self.n_rows or self._file["labels"].shape[0] < self.n_rows:

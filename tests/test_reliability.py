@@ -159,3 +159,88 @@ def test_export_overwrite_replaces_only_an_earlier_export(tmp_path, two_models):
 def test_export_into_the_current_or_root_folder_is_refused(tmp_path, two_models, monkeypatch, target):
     monkeypatch.chdir(tmp_path)
     one_line_error(invoke("export", two_models[2], "-o", target, "--overwrite", "-q"), "refusing to export into")
+
+
+# --- crafted stores: nothing outside the file is read ---------------------------------------------
+
+def _crafted(tmp: Path, kind: str) -> Path:
+    import h5py
+
+    other = make_blobs_store(tmp / "other.h5", 30, 8, ["x", "y"], seed=5)
+    path = make_blobs_store(tmp / "crafted.h5", 30, 8, ["x", "y"], seed=6)
+    with h5py.File(path, "r+") as f:
+        if kind == "external-link":
+            del f["features"]
+            f["features"] = h5py.ExternalLink(str(other), "features")
+        elif kind == "virtual":
+            layout = h5py.VirtualLayout(shape=(30, 8), dtype="float32")
+            layout[:] = h5py.VirtualSource(str(other), "features", shape=(30, 8))
+            del f["features"]
+            f.create_virtual_dataset("features", layout)
+        elif kind == "soft-loop":
+            del f["features"]
+            f["features"] = h5py.SoftLink("/loop")
+            f["loop"] = h5py.SoftLink("/features")
+        elif kind == "dangling-external":
+            del f["labels"]
+            f["labels"] = h5py.ExternalLink(str(tmp / "gone.h5"), "labels")
+        elif kind == "external-not-hdf5":
+            (tmp / "text.txt").write_text("not hdf5")
+            del f["labels"]
+            f["labels"] = h5py.ExternalLink(str(tmp / "text.txt"), "labels")
+        elif kind == "external-skipped":
+            del f["skipped"]
+            f["skipped"] = h5py.ExternalLink(str(other), "skipped")
+        elif kind == "raw-external":
+            data = f["features"][:]
+            del f["features"]
+            raw = tmp / "raw.bin"
+            raw.write_bytes(data.tobytes())
+            f.create_dataset("features", shape=data.shape, dtype=data.dtype, external=[(str(raw), 0, data.nbytes)])
+    return path
+
+
+KINDS = ["external-link", "virtual", "soft-loop", "dangling-external", "external-not-hdf5", "external-skipped",
+         "raw-external"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_crafted_stores_pointing_outside_their_file_are_refused_in_one_line(tmp_path, kind, two_models):
+    store = _crafted(tmp_path, kind)
+    for args in (["info", store], ["train-incremental", store, "--head", "slda", "-q"],
+                 ["evaluate", two_models[0], store], ["export", store, "-o", tmp_path / "emb", "-q"]):
+        one_line_error(invoke(*args), "crafted.h5", "refused")
+    assert not (tmp_path / "emb").exists()
+
+
+def _parts_folder(tmp: Path, shards: object) -> Path:
+    import json
+
+    folder = tmp / "s.h5.parts"
+    folder.mkdir()
+    make_blobs_store(folder / "shard-0.h5", 20, 8, ["x", "y"], seed=3)
+    (folder / "manifest.json").write_text(json.dumps({"format": "incremental-pipeline-parts", "format_version": 1,
+                                                      "complete": True, "shards": shards}))
+    return folder
+
+
+@pytest.mark.parametrize("shards, message", [
+    ("OUTSIDE_ABS", "expected a file name inside"),
+    ([{"name": "../other.h5", "rows": 30}], "expected a file name inside"),
+    ("SYMLINK", "outside"),
+    ([{"name": "shard-0.h5", "rows": "20"}], "expected a count"),
+    ([{"name": "shard-0.h5"}], "expected {\"name\": FILE, \"rows\": COUNT}"),
+    ([{"name": 7, "rows": 20}], "is named 7"),
+    ({"name": "shard-0.h5"}, "'shards' is dict; expected a list"),
+], ids=["absolute", "dotdot", "symlink", "rows-string", "missing-rows", "name-int", "not-a-list"])
+def test_parts_manifests_cannot_leave_their_folder_or_hold_wrong_types(tmp_path, shards, message):
+    other = make_blobs_store(tmp_path / "other.h5", 30, 8, ["x", "y"], seed=5)
+    if shards == "OUTSIDE_ABS":
+        shards = [{"name": str(other), "rows": 30}]
+    if shards == "SYMLINK":
+        shards = [{"name": "shard-1.h5", "rows": 30}]
+    folder = _parts_folder(tmp_path, shards)
+    if (folder / "manifest.json").read_text().count("shard-1.h5"):
+        (folder / "shard-1.h5").symlink_to(other)
+    for args in (["info", folder], ["train-incremental", folder, "--head", "slda", "-q"]):
+        one_line_error(invoke(*args), "manifest.json", message)
