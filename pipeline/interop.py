@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import InteropError
+from pipeline.errors import InteropError, one_line
 from pipeline.extraction.lock import output_locks
 from pipeline.store import IDENTITY_KEYS, StoreWriter, atomic_path, open_store
 
@@ -171,14 +171,23 @@ def _export_locked(store_path: str | Path, out: Path, fmt: str, shard_rows: int,
             for k in range(n_shards):
                 start, stop = k * shard_rows, min((k + 1) * shard_rows, store.n_rows)
                 _export_shard(store, tmp, fmt, k, n_shards, start, stop, chunk_rows, classes, schema, pa, pq, bar)
+        except OSError as exc:
+            bar.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(exc.errno, f"writing {out} failed ({exc.strerror or one_line(exc)}); nothing was "
+                          "written: free disk space and rerun") from None
         except BaseException:
             bar.close()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         bar.close()
         rows = store.n_rows
-    _fsync_tree(tmp)
-    _replace_dir(tmp, out, overwrite)
+    try:
+        _fsync_tree(tmp)
+        _replace_dir(tmp, out, overwrite)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InteropError(f"writing {out} failed ({exc.strerror or exc}); free disk space and rerun") from None
     return InteropResult(out, rows, n_shards, dim, dtype.name, classes)
 
 
@@ -472,8 +481,11 @@ def _import_locked(src: Path, out: Path, label_column: str | None, path_column: 
                 writer.close(complete=True)
             except BaseException:
                 if writer is not None:
-                    writer.close()  # before atomic_path removes the temporary file
+                    writer.abort()  # before atomic_path removes the temporary file
                 raise
+    except (OSError, RuntimeError) as exc:  # a full disk: h5py raises RuntimeError with errno 28
+        raise InteropError(f"writing {out} failed ({one_line(exc)}); nothing was written: free disk space and "
+                           "rerun") from None
     finally:
         bar.close()
     result.files, result.classes = len(source.embeddings), classes

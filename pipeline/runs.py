@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pipeline.errors import ModelFileError, OptionError
+from pipeline.errors import ModelFileError, OptionError, PipelineError
 from pipeline.extraction.lock import output_locks
 from pipeline.heads import head_class, heads, make_head
 from pipeline.heads.registry import readers
@@ -177,6 +177,9 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                 if metrics["heldout"].get("rows"):
                     plot_confusion(metrics, confusion_path(plot))
             out(summary(metrics, model_out))
+            if metrics.get("log_failure"):
+                kept = f"the model was saved to {model_out}" if model_out is not None else "no --model-out was given"
+                raise PipelineError(f"{metrics['log_failure']}; training finished and {kept}")
         finally:
             train_stream.close()
             if test_stream is not None:

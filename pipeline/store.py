@@ -188,20 +188,45 @@ class StoreWriter:
             self.abort()
 
     def abort(self) -> None:
-        """Close the file after a failure (before it is removed), never raising."""
-        try:
-            if self.file.id.valid:
-                self.file.close()
-        except Exception:  # the write already failed; the file is discarded
-            pass
+        """Close the file after a failure (it is being discarded), never raising.
+
+        A full disk leaves HDF5 holding data it cannot flush: its close fails, the
+        file stays open in the library, and freeing it later (garbage collection,
+        interpreter exit) crashed the process. As the file is discarded anyway, its
+        descriptor is first pointed at ``/dev/null``: the pending writes then succeed
+        into nothing and the close completes.
+        """
+        file_id = self.file.id
+        if not file_id.valid:
+            return
+        with contextlib.suppress(Exception):
+            fd = file_id.get_vfd_handle()
+            if isinstance(fd, int) and fd >= 0:
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, fd)
+                finally:
+                    os.close(null)
+        for close in (self.file.close, file_id.close):  # a close that failed once needs a second, low-level one
+            try:
+                close()
+            except Exception:  # the write already failed; the file is discarded
+                pass
+            if not file_id.valid:
+                break
 
     def close(self, complete: bool = False) -> None:
+        """Finish the file (``complete`` marks the store done); a failure to flush it aborts it and raises."""
         if not self.file.id.valid:
             return
-        self.file.attrs["skipped_count"] = int(self.skipped_paths.shape[0])
-        self.file.attrs["complete"] = bool(complete)
-        self.file.flush()
-        self.file.close()
+        try:
+            self.file.attrs["skipped_count"] = int(self.skipped_paths.shape[0])
+            self.file.attrs["complete"] = bool(complete)
+            self.file.flush()
+            self.file.close()
+        except BaseException:
+            self.abort()
+            raise
 
 
 @dataclass

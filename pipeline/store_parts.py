@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.errors import StoreError
+from pipeline.errors import StoreError, one_line
 from pipeline.store import IDENTITY_KEYS, WRITE_ERRORS, Chunk, FeatureStore, atomic_path
 
 MANIFEST = "manifest.json"
@@ -47,7 +47,7 @@ def write_manifest(folder: Path, data: dict[str, Any]) -> None:
             tmp.write_text(json.dumps({"format": PARTS_FORMAT, "format_version": PARTS_VERSION, **data},
                                       indent=1, sort_keys=True))
     except WRITE_ERRORS as exc:
-        raise StoreError(f"writing {folder / MANIFEST} failed ({exc}); free disk space and rerun the same "
+        raise StoreError(f"writing {folder / MANIFEST} failed ({one_line(exc)}); free disk space and rerun the same "
                          "command to continue") from None
 
 

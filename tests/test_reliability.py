@@ -244,3 +244,72 @@ def test_parts_manifests_cannot_leave_their_folder_or_hold_wrong_types(tmp_path,
         (folder / "shard-1.h5").symlink_to(other)
     for args in (["info", folder], ["train-incremental", folder, "--head", "slda", "-q"]):
         one_line_error(invoke(*args), "manifest.json", message)
+
+
+# --- a real full disk (a small tmpfs) --------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs; ``fill(free_kb)`` leaves that much free, ``free()`` empties it again."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): needs root")
+
+    class Disk:
+        path = mnt
+
+        def fill(self, free_kb: int) -> None:
+            st = os.statvfs(mnt)
+            size = st.f_bavail * st.f_frsize - free_kb * 1024
+            with open(mnt / "filler", "wb") as fh:
+                fh.write(b"\0" * max(0, size))
+
+        def free(self) -> None:
+            (mnt / "filler").unlink(missing_ok=True)
+
+    try:
+        yield Disk()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _run(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.parametrize("free_kb", [8, 100, 400])
+def test_a_real_full_disk_is_one_line_no_crash_and_the_rerun_after_freeing_space_works(tmp_path, small_disk,
+                                                                                        free_kb):
+    store = make_blobs_store(tmp_path / "big.h5", 3000, 64, ["a", "b", "c"])
+    emb = tmp_path / "emb"
+    assert invoke("export", store, "-o", emb, "-q").exit_code == 0
+    disk = small_disk.path
+    cases = {"import": ["import", emb, "-o", disk / "i.h5", "-q"],
+             "export": ["export", store, "-o", disk / "e", "-q"]}
+    for name, args in cases.items():
+        small_disk.fill(free_kb)
+        r = _run(*args)
+        assert r.returncode == 1, (name, r.returncode, r.stderr[-2000:])
+        errors = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and "No space left on device" in errors[0] and str(disk) in errors[0], r.stderr
+        assert not [p for p in disk.iterdir() if p.name != "filler"], list(disk.iterdir())
+        small_disk.free()
+        r = _run(*args)
+        assert r.returncode == 0, r.stderr
+        subprocess.run(["rm", "-rf", str(args[3])], check=True)  # room for the next command
+
+
+def test_training_logs_on_a_full_disk_still_save_the_model_elsewhere(tmp_path, small_disk):
+    store = make_blobs_store(tmp_path / "big.h5", 3000, 64, ["a", "b", "c"])
+    small_disk.fill(8)
+    model = tmp_path / "t.model"
+    r = _run("train-incremental", store, "--head", "slda", "--log-dir", small_disk.path / "logs", "--model-out",
+             model, "--eval-every", "300", "--chunk-rows", "100", "--holdout", "0.3", "-q")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and str(model) in errors[0], r.stderr
+    assert model.is_file()
