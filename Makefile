@@ -8,12 +8,13 @@ DEMO := data/demo
 install:
 	$(PYTHON) -m pip install -q -e .
 
-# torch comes from PyTorch's CPU index (PyPI's wheel bundles CUDA, gigabytes); if that index cannot be
-# reached, torch's tests skip with their reason and everything else still runs.
+# torch comes from PyTorch's CPU index (PyPI's wheel bundles CUDA, gigabytes), tried once, quietly; if that
+# index cannot be reached, torch's tests skip with their reason and everything else still runs.
 install-test:
 	$(PYTHON) -m pip install -q -e '.[test]'
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu \
-		|| echo "torch (CPU) could not be installed: its tests will skip"
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q --retries 0 --timeout 5 torch \
+		--index-url https://download.pytorch.org/whl/cpu >/dev/null 2>&1 \
+		|| echo "torch (CPU) could not be installed from PyTorch's index: its tests will skip"
 
 demo: install
 	$(PYTHON) scripts/demo.py --shared $(SHARED) --out $(DEMO)

@@ -2,9 +2,9 @@
 
 Data flows one way: images -> backbone -> feature store -> stream -> heads
 -> evaluation; :mod:`pipeline.cli` sits on top.
-"""
 
-# First, before anything can import TensorFlow: chooses its CPU kernels (TF_ENABLE_ONEDNN_OPTS).
-from pipeline import keras_runtime as _keras_runtime  # noqa: F401,E402
+Importing it has no side effect: the variables TensorFlow reads (its CPU kernels, its logs) are set by
+:func:`pipeline.keras_runtime.prepare_environment` just before Keras is imported.
+"""
 
 __version__ = "0.1.0"

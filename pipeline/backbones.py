@@ -7,6 +7,8 @@ stream and the heads load without TensorFlow.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,24 @@ def _build_failure(name: str, weights: str, alpha: float | None, size: int, exc:
     return f"cannot build {name} with weights={weights!r}, alpha={alpha}, image size {size}: {first[:300]}"
 
 
+_FETCH_FAILURE = re.compile(r"URL fetch failure on (\S+?):? ")
+
+
+def _download_failure(name: str, exc: BaseException) -> str | None:
+    """One line for Keras' failed ImageNet download (offline), or None when ``exc`` is something else.
+
+    Keras' ``get_file`` raises a bare ``Exception("URL fetch failure on URL: errno -- reason")``.
+    """
+    match = _FETCH_FAILURE.search(str(exc))
+    if match is None:
+        return None
+    url = match.group(1).rstrip(":")
+    cache = Path(os.environ.get("KERAS_HOME") or "~/.keras") / "models" / url.rsplit("/", 1)[-1]
+    reason = str(exc).split(" -- ", 1)[-1].strip() or "no network?"
+    return (f"the ImageNet weights of {name} could not be downloaded ({reason[:120]}); pass a local weights file "
+            f"with --weights FILE, or put the file Keras downloads ({url}) at {cache}")
+
+
 def _pool(keras: Any, model: Any, pooling: str) -> Any:
     out = model.output
     if len(out.shape) == 4:
@@ -179,6 +199,11 @@ def build_backbone(
                 model = _pool(keras, model, "none")
     except (ValueError, OSError) as exc:
         raise BackboneError(_build_failure(name, weights, alpha, size, exc)) from None
+    except Exception as exc:  # Keras' failed download is a bare Exception; anything else is a bug: re-raise
+        offline = _download_failure(name, exc) if weights == "imagenet" else None
+        if offline is None:
+            raise
+        raise BackboneError(offline) from None
     if pooling == "none":
         warnings.warn(
             f"--pooling none keeps the flattened feature map: {int(np.prod(model.output.shape[1:]))} "

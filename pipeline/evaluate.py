@@ -12,7 +12,6 @@ from collections import Counter
 from typing import Any, Hashable, Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 _EPS = 1e-15
 
@@ -71,6 +70,8 @@ class Evaluation:
     def report(self) -> dict[str, Any]:
         if not self.rows:
             return {"rows": 0, "accuracy": None}
+        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # seconds to import
+
         keys = list(self.pairs)
         y_t = [str(t) for t, _ in keys]
         y_p = ["<none>" if p is None else str(p) for _, p in keys]

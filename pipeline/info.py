@@ -19,14 +19,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ModelFileError, PipelineError, StoreError
+from pipeline.identity import SHOWN_KEYS
 from pipeline.models import load_model
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, open_store
+from pipeline.store_parts import MANIFEST, SHARD_GLOB, parts_folder, read_manifest
+from pipeline.store_protocol import Store
 
 LABEL_CHUNK = 1 << 20  # labels read per step when counting classes (4 MiB of int32)
 SHOW_SKIPPED = 5
-MANIFEST = "manifest.json"
-SHARD_GLOB = "shard-*.h5"
-IDENTITY_FIELDS = ("backbone", "weights", "alpha", "input_size", "preprocessing", "pooling", "layer")
+IDENTITY_FIELDS = SHOWN_KEYS  # pipeline.identity
 PROVENANCE_FIELDS = ("backend", "device", "keras_version", "source_root", "layout", "compression", "format_version")
 
 
@@ -52,7 +53,7 @@ def precision(meta: dict[str, Any]) -> str:
     return "unknown"
 
 
-def class_counts(store: FeatureStore, chunk_rows: int = LABEL_CHUNK) -> tuple[list[int], int]:
+def class_counts(store: Store, chunk_rows: int = LABEL_CHUNK) -> tuple[list[int], int]:
     """Rows per class index and unlabelled rows, reading labels ``chunk_rows`` at a time."""
     counts = np.zeros(len(store.classes), dtype=np.int64)
     unlabelled = 0
@@ -72,7 +73,7 @@ def _identity(meta: dict[str, Any]) -> dict[str, Any]:
     return ident
 
 
-def _store_facts(store: FeatureStore, count_classes: bool = True) -> dict[str, Any]:
+def _store_facts(store: Store, count_classes: bool = True) -> dict[str, Any]:
     meta = store.meta
     facts: dict[str, Any] = {"rows": store.n_rows, "feature_dim": store.feature_dim,
                              "dtype": str(meta.get("dtype", "unknown"))}
@@ -100,8 +101,6 @@ def describe_store(path: str | Path) -> dict[str, Any]:
 
 def describe_parts_store(parts: Path) -> dict[str, Any]:
     """A ``--no-merge`` parts folder, complete: described as the one store it reads as."""
-    from pipeline.store import open_store
-
     with open_store(parts) as store:
         info = {"path": str(parts), "kind": "store", "complete": True, **_store_facts(store)}
     info["size_bytes"] = sum(f.stat().st_size for f in parts.glob(SHARD_GLOB))
@@ -161,7 +160,7 @@ def describe_model(path: str | Path, trust_pickle: bool = False) -> dict[str, An
 def _parts_of(path: Path) -> Path | None:
     if path.is_dir():
         return path
-    parts = path.with_name(path.name + ".parts")
+    parts = parts_folder(path)
     return parts if not path.exists() and parts.is_dir() else None
 
 
@@ -170,8 +169,6 @@ def describe(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
     path = Path(path)
     parts = _parts_of(path)
     if parts is not None:
-        from pipeline.store_parts import read_manifest
-
         if (read_manifest(parts) or {}).get("complete"):
             return describe_parts_store(parts)
         return describe_partial(parts)

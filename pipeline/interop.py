@@ -32,13 +32,13 @@ from tqdm import tqdm
 
 from pipeline.errors import InteropError, one_line
 from pipeline.extraction.lock import output_locks
-from pipeline.store import IDENTITY_KEYS, StoreWriter, atomic_path, open_store
+from pipeline.identity import IDENTITY_KEYS, PROVENANCE_KEYS
+from pipeline.store import StoreWriter, atomic_path, open_store
 
 META_KEY = b"incremental_pipeline"
 EMB_DIR, META_DIR = "img_emb", "metadata"
 EMBEDDING_COLUMN = "embedding"
-KEPT_ATTRS = (*IDENTITY_KEYS, "layer", "mixed_precision", "precision", "kernels", "onednn_env", "keras_version",
-              "backend", "device")
+KEPT_ATTRS = (*IDENTITY_KEYS, *PROVENANCE_KEYS)  # pipeline.identity
 
 
 def _pa() -> tuple[Any, Any]:

@@ -6,8 +6,9 @@ silences TensorFlow's start-up notes, lets TensorFlow GPUs grow their memory,
 and tells the backend, the device and the kernels. The rest of the package
 never imports Keras, TensorFlow, JAX or torch.
 
-Importing :mod:`pipeline` imports this module first, so ``TF_ENABLE_ONEDNN_OPTS``
-is decided before anything can import TensorFlow.
+Importing this module (or :mod:`pipeline`) changes nothing: :func:`prepare_environment` sets the
+variables TensorFlow reads when it is imported (``TF_ENABLE_ONEDNN_OPTS``, ``TF_CPP_MIN_LOG_LEVEL``)
+just before :func:`keras` imports it, the one place the package imports Keras and its backend.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from pipeline.errors import BackboneError
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 
@@ -48,11 +47,23 @@ def _choose_onednn() -> str:
     return "tensorflow"
 
 
-ONEDNN_SET_BY = _choose_onednn()
+ONEDNN_SET_BY: str | None = None  # who chose the oneDNN setting, once prepare_environment has run
+
+
+def prepare_environment() -> str:
+    """Set what TensorFlow reads at import: oneDNN kernels (see :func:`_choose_onednn`) and quiet C++
+    logs (``TF_CPP_MIN_LOG_LEVEL=3`` unless set). Runs once, before Keras is imported; returns who
+    chose the oneDNN setting."""
+    global ONEDNN_SET_BY
+    if ONEDNN_SET_BY is None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        ONEDNN_SET_BY = _choose_onednn()
+    return ONEDNN_SET_BY
 
 
 def keras() -> Any:
     """Import and return ``keras`` (TensorFlow's C++ notes hidden unless ``PIPELINE_TF_LOGS=1``)."""
+    prepare_environment()
     if "keras" not in sys.modules:
         if not os.environ.get("PIPELINE_TF_LOGS"):
             # TensorFlow's C++ start-up notes (oneDNN, CUDA probing) bypass TF_CPP_MIN_LOG_LEVEL;
@@ -131,7 +142,7 @@ def kernels() -> dict[str, str]:
         kind = "onednn" if on else "default"
     else:
         kind = {"jax": "xla"}.get(name, name)
-    return {"kernels": kind, "onednn_env": f"{value or 'unset'} (set by {ONEDNN_SET_BY})"}
+    return {"kernels": kind, "onednn_env": f"{value or 'unset'} (set by {prepare_environment()})"}
 
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}

@@ -179,7 +179,7 @@ class RunLogger(Plugin):
 
     def _point(self, point: dict[str, Any]) -> None:
         row = {k: point.get(k) for k in CSV_COLUMNS}
-        row["task"] = point.get("task", 0) + 1
+        row["task"] = point.get("task", 1)
         for j, acc in enumerate(point.get("task_accuracy") or []):
             row[f"task_{j + 1}_accuracy"] = acc
         self.csv.writerow({k: "" if v is None else v for k, v in row.items()})

@@ -26,8 +26,11 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.metrics import ratio, run_metrics
 from pipeline.models import TrainedModel
 from pipeline.stream import Batch, FeatureStream
+
+__all__ = ["Chunk", "LoopChunk", "Plugin", "RunState", "TaskLearner", "TrainingLoop", "fmt", "ratio"]
 
 
 @dataclass
@@ -44,6 +47,7 @@ class RunState:
     curve: list[dict[str, Any]] = field(default_factory=list)
     matrix: list[list[float | None]] = field(default_factory=list)
     incremental_accuracy: list[float] = field(default_factory=list)
+    class_accuracy: list[dict[str, float | None]] = field(default_factory=list)  # after each task, per class
     done: bool = False
     key_parts: dict[str, Any] = field(default_factory=dict)
 
@@ -86,12 +90,26 @@ class Plugin:
     def on_interrupt(self, loop: "TrainingLoop", consistent: bool) -> None: ...
 
 
+LoopChunk = Chunk  # the loop's chunk, as opposed to the store's rows (pipeline.store_protocol.Rows)
+
+# Learns every epoch of one task at once (the task's classes; None: every class) and returns the rows
+# learnt: how a parallel executor stands in for the chunk-by-chunk learning (pipeline.parallel_train).
+TaskLearner = Callable[["TrainingLoop", "list[str] | None"], int]
+
+
 class TrainingLoop:
-    """Stream ``tasks`` (lists of class names; None = one task of every class) into ``model.head``."""
+    """Stream ``tasks`` (lists of class names; None = one task of every class) into ``model.head``.
+
+    ``learn_task`` (optional) replaces the chunk-by-chunk learning of each task (heads that merge
+    exactly, learnt in parallel); the plug-ins and the metrics stay the same. ``executor`` describes
+    where the rows were learnt, for the metrics.
+    """
 
     def __init__(self, model: TrainedModel, stream: FeatureStream, state: RunState, *,
                  tasks: list[list[str]] | None, epochs: int, plugins: Sequence[Plugin] = (),
-                 progress: bool = True, log: Callable[[str], None] = lambda s: None):
+                 progress: bool = True, log: Callable[[str], None] = lambda s: None,
+                 learn_task: TaskLearner | None = None, executor: dict[str, Any] | None = None):
+        self.learn_task, self.executor = learn_task, executor
         self.model, self.head, self.stream, self.state = model, model.head, stream, state
         self.incremental = tasks is not None
         self.tasks = tasks or [sorted(stream.classes)]
@@ -115,7 +133,10 @@ class TrainingLoop:
             while state.task < len(self.tasks):
                 if state.epoch == 0 and state.rows_in_epoch == 0:
                     self._call("before_task", state.task)
-                task_stream = self.stream.with_options(classes=self.tasks[state.task] if self.incremental else None)
+                task_classes = self.tasks[state.task] if self.incremental else None
+                if self.learn_task is not None and state.epoch < self.epochs:
+                    self._learn_task(task_classes)
+                task_stream = self.stream.with_options(classes=task_classes)
                 while state.epoch < self.epochs:
                     for batch in task_stream.iter_epoch(state.epoch, skip=state.rows_in_epoch):
                         self._learn(batch)
@@ -133,20 +154,26 @@ class TrainingLoop:
             raise
         self.bar.close()
         state.done = True
-        metrics: dict[str, Any] = {
-            "head": self.model.head_name,
-            "settings": self.head.settings(),
-            "classes": [str(c) for c in self.head.classes_],
-            "rows_seen": self.head.rows_seen_,
-            "rows_this_run": state.rows,
-            "progressive": {"accuracy": ratio(state.progressive_correct, state.progressive_rows),
-                            "rows": state.progressive_rows},
-            "timing": {"elapsed_s": time.perf_counter() - t0, "learn_s": self.t_learn,
-                       "rows_per_s": (state.rows - rows_at_start) / self.t_learn if self.t_learn else None},
-            "head_state": self.head.describe(),
-        }
+        metrics = run_metrics(self.model.head_name, self.head, rows_this_run=state.rows,
+                              progressive_correct=state.progressive_correct, progressive_rows=state.progressive_rows,
+                              elapsed_s=time.perf_counter() - t0, learn_s=self.t_learn,
+                              rows_learnt=state.rows - rows_at_start, executor=self.executor)
         self._call("after_training", metrics)
         return metrics
+
+    def _learn_task(self, classes: list[str] | None) -> None:
+        """Every epoch of the current task through ``learn_task`` (no progressive validation: the rows are
+        learnt without being predicted first)."""
+        assert self.learn_task is not None
+        t1 = time.perf_counter()
+        self.consistent = False
+        rows = self.learn_task(self, classes)
+        self.head = self.model.head  # the learner may hand back a merged head
+        self.t_learn += time.perf_counter() - t1
+        self.state.rows += rows
+        self.state.epoch, self.state.rows_in_epoch = self.epochs, 0
+        self.consistent = True
+        self.bar.update(rows)
 
     def _learn(self, batch: Batch) -> None:
         state, start = self.state, 0
@@ -181,10 +208,6 @@ class TrainingLoop:
     def _call(self, hook: str, *args: Any) -> None:
         for plugin in self.plugins:
             getattr(plugin, hook)(self, *args)
-
-
-def ratio(a: int, b: int) -> float | None:
-    return a / b if b else None
 
 
 def fmt(x: float | None) -> str:

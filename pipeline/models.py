@@ -25,14 +25,14 @@ from pipeline.errors import ModelFileError
 from pipeline.heads.base import Head
 from pipeline.model_format import Container, sniff, write_container
 from pipeline.state_codec import CodecError, class_name, decode, encode
-from pipeline.store import IDENTITY_KEYS
+from pipeline.identity import REBUILD_KEYS, rebuild_keys_of
 
 MODEL_FORMAT = "incremental-pipeline-model"
 MODEL_VERSION = 2
-# What predict needs to rebuild the backbone, on top of IDENTITY_KEYS.
-BACKBONE_KEYS = (*IDENTITY_KEYS, "layer", "keras_version", "backend", "precision")
+BACKBONE_KEYS = REBUILD_KEYS  # what predict needs to rebuild the backbone (pipeline.identity)
 # Heads holding third-party estimators that only pickle can store (loaded only when trusted).
-PICKLED_HEADS = ("pipeline.heads.river_linear.RiverLinearHead",)
+PICKLED_HEADS = ("pipeline.heads.river_engine.RiverLinearHead",
+                 "pipeline.heads.river_linear.RiverLinearHead")  # its module until 7790fdb
 HEAD_PICKLE = "head.pickle"
 NOT_A_MODEL = {"empty": "is empty", "hdf5": "is an HDF5 file (a feature store?), not a model file",
                "unknown": "is not a model file saved by train-incremental"}
@@ -71,7 +71,7 @@ class TrainedModel:
 
 
 def backbone_metadata(store_meta: dict[str, Any]) -> dict[str, Any]:
-    return {key: store_meta[key] for key in BACKBONE_KEYS if key in store_meta}
+    return rebuild_keys_of(store_meta)
 
 
 def _now() -> str:

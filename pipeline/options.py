@@ -12,7 +12,7 @@ RUN_OPTIONS = {o.name: o for o in (
     Option("holdout", float, 0.0, "fraction held out for evaluation, split by a hash of each image path",
            low=0.0, high=1.0, high_open=True),
     Option("epochs", int, None, "passes over each task [default: 1, or the head's own]", low=1, high=10_000),
-    Option("eval_every", int, 0, "evaluate every N rows (learning curve)", low=0, high=2**62),
+    Option("eval_every", int, 0, "evaluate every N rows (learning curve); 0 with --plot, --log-dir or --report: at 32, 64, 128, ... rows", low=0, high=2**62),
     Option("shuffle_buffer", int, 0, "shuffle rows in a buffer of N rows (and chunk order)", low=0, high=10**8),
     Option("chunk_rows", int, 4096, "rows read per chunk", low=1, high=10**7),
     Option("seed", int, 0, "seed of every random choice (shuffle, class order, sampling)", low=0, high=2**32 - 1),

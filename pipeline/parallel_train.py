@@ -6,8 +6,9 @@ numbers, never arrays), builds a fresh head from a :class:`HeadSpec` and
 learns its rows; the partial heads are reduced in partition order with the
 heads' exact ``merge``. So the result equals one process streaming the same
 rows: same class order, same predictions, accuracy equal to float round-off.
-Held-out evaluation, class-incremental runs and saving happen on the driver
-as in :func:`pipeline.train.train`.
+Everything else (held-out evaluation, class-incremental runs, the joint
+reference, the metrics, saving) is :func:`pipeline.train.train`'s: the same
+loop and plug-ins, with the learning of each task handed to the executor.
 
 >>> parts = plan_partitions([("a.h5", 10), ("b.h5", 3)], rows_per_part=4)
 >>> [(p.path, p.start, p.stop) for p in parts]
@@ -18,26 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
 from pipeline.errors import ExecutorError
-from pipeline.evaluate import Evaluation
-from pipeline.heads import make_head
+from pipeline.heads import head_class, make_head
 from pipeline.heads.base import Head
+from pipeline.heads.registry import mergeable_text
+from pipeline.loop import TrainingLoop
 from pipeline.models import TrainedModel
-from pipeline.plugins import evaluate_task, incremental_metrics
 from pipeline.stream import FeatureStream
-from pipeline.train import TrainOptions, check_model_fits, checked_save, evaluate_head
+from pipeline.train import TrainOptions, train
 
 R = TypeVar("R")
 EXECUTORS = ("local", "ray")
-SEQUENTIAL = {
-    "logreg": "SGD: every update starts from the weights the previous row left",
-    "softmax": "SGD: every update starts from the weights the previous row left",
-    "nme": "herding picks exemplars from the whole stream (use --class-means exact, whose means are sums)",
-}
 
 
 @dataclass(frozen=True)
@@ -151,9 +146,9 @@ def open_executor(name: str, workers: int | None = None, progress: bool = True) 
 def check_parallel(head_name: str, head: Head, opts: TrainOptions) -> None:
     """Refuse, in one line, what parallel training cannot do exactly."""
     if not getattr(head, "mergeable", False):
-        reason = SEQUENTIAL.get(head_name, "its training is sequential")
-        raise ExecutorError(f"--executor ray trains only heads whose state is a sum over rows (slda, ridge, "
-                            f"nme --class-means exact); {head_name} cannot be split across workers: {reason}")
+        reason = head_class(head_name).capabilities.sequential or "its training is sequential"
+        raise ExecutorError(f"--executor ray trains only heads whose state is a sum over rows ({mergeable_text()}); "
+                            f"{head_name} cannot be split across workers: {reason}")
     for flag, value in (("--replay", opts.replay), ("--eval-every", opts.eval_every),
                         ("--checkpoint-every", opts.checkpoint_every), ("--log-dir", opts.log_dir)):
         if value:
@@ -178,67 +173,30 @@ def fit_mergeable(head: HeadSpec, stream: StreamSpec, executor: Executor, partit
 def train_parallel(model: TrainedModel, train_stream: FeatureStream, test_stream: FeatureStream | None,
                    opts: TrainOptions, executor: Executor, log: Callable[[str], None] = lambda s: None,
                    rows_per_part: int | None = None) -> dict[str, Any]:
-    """:func:`pipeline.train.train` for mergeable heads, with the learning mapped onto ``executor``."""
+    """:func:`pipeline.train.train` for mergeable heads, with the learning of each task mapped onto ``executor``.
+
+    The same loop, plug-ins (held-out evaluation, accuracy matrix, joint reference, saving) and
+    metrics as a local run; only the learning of a task's rows is cut into partitions, learnt by
+    fresh heads and merged in order.
+    """
     check_parallel(model.head_name, model.head, opts)
-    check_model_fits(model, train_stream, "the training stores")
-    if test_stream is not None:
-        check_model_fits(model, test_stream, "the test stores")
     spec = HeadSpec.of(model.head_name, model.head, model.feature_dim)
     sizes = [(str(s.path), s.n_rows) for s in train_stream.stores]
     per_part = rows_per_part or max(train_stream.chunk_rows,
                                     math.ceil(sum(n for _, n in sizes) / (2 * executor.workers)))
     parts = plan_partitions(sizes, per_part)
     log(f"{len(parts)} partitions of up to {per_part} rows on {executor.workers} worker(s)")
-    incremental = opts.tasks is not None
-    tasks = opts.tasks or []
-    head, matrix, after_each = model.head, [], []
-    t0 = time.perf_counter()
-    rows = 0
-    for t, task in enumerate(tasks or [None]):  # None: one pass over every class
-        desc = f"train {model.head_name}" + (f" task {t + 1}/{len(tasks)}" if incremental else "")
-        head, learnt = fit_mergeable(spec, StreamSpec.of(train_stream, task), executor, parts, head,
-                                     opts.epochs, desc)
-        rows += learnt
-        head.end_task()
-        if incremental and test_stream is not None:
-            row, accuracy = evaluate_task(head, test_stream, tasks, t, log)
-            matrix.append(row)
-            after_each.append(accuracy)
-    learn_s = time.perf_counter() - t0
-    model.head = head
-    held = evaluate_head(head, test_stream)
-    curve = [{"rows_seen": rows, "progressive_accuracy": None, "heldout_accuracy": held.accuracy if held.rows else None}]
-    metrics = _metrics(model, rows, held, curve, learn_s, executor, len(parts))
-    if incremental:
-        metrics.update(incremental_metrics(tasks, matrix, after_each))
-        if opts.joint_reference:
-            joint, _ = fit_mergeable(spec, StreamSpec.of(train_stream), executor, parts, None, opts.epochs, "joint")
-            joint.end_task()
-            metrics["joint_accuracy"] = evaluate_head(joint, test_stream).accuracy
-            metrics["joint_minus_final"] = metrics["joint_accuracy"] - metrics["final_accuracy"]
-    model.stores.extend({"path": str(s.path), "rows": s.n_rows} for s in train_stream.stores
-                        if {"path": str(s.path), "rows": s.n_rows} not in model.stores)
-    model.history.extend(curve)
-    model.progress = None
-    if opts.model_out is not None:
-        checked_save(model, opts.model_out)
-    return metrics
 
+    def learn_task(loop: TrainingLoop, classes: list[str] | None) -> int:
+        desc = f"train {model.head_name}" + (f" task {loop.state.task + 1}/{len(loop.tasks)}" if loop.incremental else "")
+        model.head, rows = fit_mergeable(spec, StreamSpec.of(train_stream, classes), executor, parts, model.head,
+                                         loop.epochs, desc)
+        return rows
 
-def _metrics(model: TrainedModel, rows: int, held: Evaluation, curve: list[dict[str, Any]], learn_s: float,
-             executor: Executor, n_parts: int) -> dict[str, Any]:
-    head = model.head
-    return {
-        "head": model.head_name,
-        "settings": head.settings(),
-        "classes": [str(c) for c in head.classes_],
-        "rows_seen": head.rows_seen_,
-        "rows_this_run": rows,
-        "progressive": {"accuracy": None, "rows": 0},  # workers learn without predicting first
-        "heldout": held.report(),
-        "learning_curve": curve,
-        "timing": {"elapsed_s": learn_s, "learn_s": learn_s, "rows_per_s": rows / learn_s if learn_s else None},
-        "head_state": head.describe(),
-        "executor": {"name": "ray" if isinstance(executor, RayExecutor) else "local",
-                     "workers": executor.workers, "partitions": n_parts},
-    }
+    def fit_joint() -> Head:
+        return fit_mergeable(spec, StreamSpec.of(train_stream), executor, parts, None, opts.epochs, "joint")[0]
+
+    where = {"name": "ray" if isinstance(executor, RayExecutor) else "local", "workers": executor.workers,
+             "partitions": len(parts)}
+    return train(model, train_stream, test_stream, opts, log=log, learn_task=learn_task, fit_joint=fit_joint,
+                 executor=where)

@@ -15,12 +15,12 @@ import numpy as np
 from pipeline.evaluate import Evaluation, continual_metrics
 from pipeline.heads.base import Head
 from pipeline.heads.exemplars import ExperienceReplay
-from pipeline.heads.nme import MEMORY_OPTION, POOL_OPTION
-from pipeline.loop import Chunk, Plugin, TrainingLoop, fmt, ratio
+from pipeline.heads.defaults import REPLAY_OPTIONS
+from pipeline.loop import Chunk, Plugin, TrainingLoop, fmt
+from pipeline.metrics import curve_point, ratio
 from pipeline.models import TrainedModel
 from pipeline.stream import FeatureStream
 
-REPLAY_OPTIONS = (MEMORY_OPTION, POOL_OPTION)  # --memory and --pool-size, read by --replay too
 
 
 def evaluate_head(head: Head, stream: FeatureStream | None, classes: set | None = None) -> Evaluation:
@@ -43,6 +43,17 @@ def _none_if_nan(x: float) -> float | None:
 
 def next_multiple(rows: int, every: int) -> int:
     return (rows // every + 1) * every if every else 0
+
+
+def next_doubling(rows: int, first: int) -> int:
+    """The next evaluation point after ``rows`` in doubling blocks: first, 2 first, 4 first, ..."""
+    point = first
+    while point <= rows:
+        point *= 2
+    return point
+
+
+AUTO_FIRST_POINT = 32  # rows: automatic points at 32, 64, 128, ... (progressive validation's doubling blocks)
 
 
 class HeadHooks(Plugin):
@@ -106,14 +117,23 @@ class EvaluationPoints(EveryRows):
     ``every`` rows and at the end (plus accuracy per task so far in class-incremental runs); the final
     held-out report in ``metrics["heldout"]``."""
 
-    def __init__(self, test: FeatureStream | None, every: int):
-        self.test, self.every = test, every
+    def __init__(self, test: FeatureStream | None, every: int, doubling: int = 0):
+        self.test, self.every, self.doubling = test, every, doubling
         self.next = 0
         self.last = (0, 0.0)  # (rows, learning seconds) at the previous point of this process
 
     def before_training(self, loop: TrainingLoop) -> None:
         super().before_training(loop)
+        if not self.every and self.doubling:
+            self.next = next_doubling(loop.state.rows, self.doubling)
         self.last = (loop.state.rows, loop.t_learn)
+
+    def after_chunk(self, loop: TrainingLoop, chunk: Chunk, preds: np.ndarray) -> None:
+        if self.every or not self.next:
+            super().after_chunk(loop, chunk, preds)
+        elif loop.state.rows >= self.next:
+            self.at_boundary(loop)
+            self.next = next_doubling(loop.state.rows, self.doubling)
 
     def at_boundary(self, loop: TrainingLoop) -> None:
         self.point(loop)
@@ -124,14 +144,13 @@ class EvaluationPoints(EveryRows):
             held = evaluate_head(loop.head, self.test, loop.seen_classes() if loop.incremental else None)
         rows, seconds = s.rows - self.last[0], loop.t_learn - self.last[1]
         self.last = (s.rows, loop.t_learn)
-        entry: dict[str, Any] = {
-            "rows_seen": s.rows, "task": min(s.task, len(loop.tasks) - 1),
-            "progressive_accuracy": ratio(s.progressive_correct, s.progressive_rows),
-            "heldout_accuracy": held.accuracy if held is not None and held.rows else None,
-            "heldout_log_loss": held.log_loss if held is not None and held.rows else None,
-            "rows_per_s": rows / seconds if rows and seconds > 0 else None}
+        entry = curve_point(s.rows, min(s.task, len(loop.tasks) - 1) + 1,  # 1-based, as logged
+                            ratio(s.progressive_correct, s.progressive_rows),
+                            held.accuracy if held is not None and held.rows else None,
+                            held.log_loss if held is not None and held.rows else None,
+                            rows / seconds if rows and seconds > 0 else None)
         if loop.incremental and held is not None and held.rows:
-            entry["task_accuracy"] = [_none_if_nan(held.accuracy_on(set(t))) if j <= entry["task"] else None
+            entry["task_accuracy"] = [_none_if_nan(held.accuracy_on(set(t))) if j < entry["task"] else None
                                       for j, t in enumerate(loop.tasks)]
         s.curve.append(entry)
         loop.log(f"rows {s.rows}: progressive accuracy {fmt(entry['progressive_accuracy'])}"
@@ -156,22 +175,28 @@ class TaskEvaluation(Plugin):
     def after_task(self, loop: TrainingLoop, task: int) -> None:
         if self.test is None:
             return
-        row, accuracy = evaluate_task(loop.head, self.test, loop.tasks, task, loop.log)
+        row, accuracy = evaluate_task(loop.head, self.test, loop.tasks, task, loop.log, loop.state.class_accuracy)
         loop.state.matrix.append(row)
         loop.state.incremental_accuracy.append(accuracy)
 
     def after_training(self, loop: TrainingLoop, metrics: dict[str, Any]) -> None:
         metrics.update(incremental_metrics(loop.tasks, loop.state.matrix, loop.state.incremental_accuracy))
+        if loop.state.class_accuracy:
+            metrics["class_accuracy_after_each_task"] = loop.state.class_accuracy
 
 
 def evaluate_task(head: Head, test: FeatureStream, tasks: list[list[str]], task: int,
-                  log: Callable[[str], None]) -> tuple[list[float | None], float]:
-    """After ``task``: accuracy on each task so far (a row of the accuracy matrix) and on all classes seen."""
+                  log: Callable[[str], None],
+                  per_class: list[dict[str, float | None]] | None = None) -> tuple[list[float | None], float]:
+    """After ``task``: accuracy on each task so far (a row of the accuracy matrix) and on all classes seen;
+    ``per_class`` (a list) gets the accuracy on each class seen appended, as one dictionary."""
     seen = {c for past in tasks[: task + 1] for c in past}
     ev = evaluate_head(head, test, seen)
     row: list[float | None] = [None] * len(tasks)
     for j in range(task + 1):
         row[j] = _none_if_nan(ev.accuracy_on(set(tasks[j])))
+    if per_class is not None:
+        per_class.append({str(c): _none_if_nan(ev.accuracy_on({c})) for c in sorted(seen)})
     log(f"task {task + 1}/{len(tasks)} ({', '.join(tasks[task])}): accuracy on the "
         f"{len(seen)} classes seen {fmt(ev.accuracy)}")
     return row, ev.accuracy
@@ -188,22 +213,34 @@ def incremental_metrics(tasks: list[list[str]], matrix: list[list[float | None]]
 
 
 class JointReference(Plugin):
-    """The same head trained on every class in one go, on the same data: ``metrics["joint_accuracy"]``."""
+    """The same head trained on every class in one go, on the same data: ``metrics["joint_accuracy"]``.
 
-    def __init__(self, make_fresh_head: Callable[[], Head], test: FeatureStream | None):
-        self.make_fresh_head, self.test = make_fresh_head, test
+    ``fit_joint`` (optional) trains it elsewhere (in parallel, for heads that merge exactly); by default
+    a fresh head streams every row here.
+    """
+
+    def __init__(self, make_fresh_head: Callable[[], Head] | None, test: FeatureStream | None,
+                 fit_joint: Callable[[], Head] | None = None):
+        self.make_fresh_head, self.test, self.fit_joint = make_fresh_head, test, fit_joint
 
     def after_training(self, loop: TrainingLoop, metrics: dict[str, Any]) -> None:
+        joint = self.fit_joint() if self.fit_joint is not None else self._stream_all(loop)
+        joint.end_task()
+        metrics["joint_accuracy"] = evaluate_head(joint, self.test).accuracy
+        metrics["joint_minus_final"] = (metrics["joint_accuracy"] - metrics["final_accuracy"]
+                                        if metrics.get("final_accuracy") is not None else None)
+
+
+    def _stream_all(self, loop: TrainingLoop) -> Head:
+        if self.make_fresh_head is None:
+            raise ValueError("JointReference needs make_fresh_head or fit_joint")
         joint = self.make_fresh_head()
         joint.before_task(0, sorted(loop.stream.classes))
         for epoch in range(loop.epochs):
             for batch in loop.stream.with_options(classes=None).iter_epoch(epoch):
                 joint.partial_fit(batch.X, batch.y, batch.paths)
                 joint.after_chunk(batch.X, batch.y, batch.paths)
-        joint.end_task()
-        metrics["joint_accuracy"] = evaluate_head(joint, self.test).accuracy
-        metrics["joint_minus_final"] = (metrics["joint_accuracy"] - metrics["final_accuracy"]
-                                        if metrics.get("final_accuracy") is not None else None)
+        return joint
 
 
 class Checkpoints(EveryRows):

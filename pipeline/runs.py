@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,11 +19,14 @@ import numpy as np
 from pipeline.errors import ModelFileError, OptionError, PipelineError
 from pipeline.extraction.lock import output_locks
 from pipeline.heads import head_class, heads, make_head
-from pipeline.heads.registry import readers
+from pipeline.heads.defaults import DEFAULT_HEAD
+from pipeline.heads.registry import mergeable_text, readers
 from pipeline.models import TrainedModel, backbone_metadata, load_model, migrate_model, save_model
 from pipeline.options import check_run_options
 from pipeline.plugins import REPLAY_OPTIONS
-from pipeline.stream import FeatureStream, StoreScan, check_identity
+from pipeline.identity import check_identity
+from pipeline.metrics import add_sources
+from pipeline.stream import FeatureStream, StoreScan
 from pipeline.train import TrainOptions, check_model_fits, evaluate_head, make_tasks, train
 
 Echo = Callable[[str], None]
@@ -47,8 +51,10 @@ def _split_head_options(head: str, given: dict[str, Any], replay: bool) -> tuple
     caps = head_class(head).capabilities
     if replay and caps.keeps_exemplars:
         raise OptionError(f"--replay: --head {head} keeps its own exemplars; replay would only count them twice")
-    if replay and given.get("method") in ("er", "icarl", "agem"):
-        raise OptionError(f"--replay: --method {given['method']} keeps its own exemplar memory; "
+    own_memory = [f"{o.cli_flag} {given[o.name]}" for o in head_class(head).options
+                  if o.name in given and given[o.name] in dict(caps.keeps_exemplars_when).get(o.name, ())]
+    if replay and own_memory:
+        raise OptionError(f"--replay: {own_memory[0]} keeps its own exemplar memory; "
                           "replay would only count those rows twice")
     if replay and caps.order_free:
         raise OptionError(f"--replay: --head {head} does not forget (its result does not depend on row order), "
@@ -83,7 +89,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                  class_order: str | None = None, no_joint: bool = False, replay: bool = False,
                  first_increment: int | None = None, orders: int | None = None, order_seed: int | None = None,
                  log_dir: Path | None = None, executor: str = "local", workers: int | None = None,
-                 trust_pickle: bool = False,
+                 trust_pickle: bool = False, report: Path | None = None,
                  echo: Echo = print, out: Echo = print) -> dict[str, Any]:
     """Train (or continue) a head on feature stores; returns the metrics dictionary.
 
@@ -92,6 +98,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
     ``order_seed`` seeds the class order of an ``increment`` run (default: ``seed``); ``orders=K``
     repeats the run over K class orders (:func:`run_orders`).
     ``trust_pickle`` lets ``resume`` load a model stored as a pickle (River heads, version-1 files).
+    ``report``: write the run report there (HTML, :mod:`pipeline.report`).
     """
     nums = check_run_options({"holdout": holdout, "eval_every": eval_every, "epochs": epochs,
                               "shuffle_buffer": shuffle_buffer, "chunk_rows": chunk_rows, "seed": seed,
@@ -99,8 +106,13 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                               "first_increment": first_increment, "orders": orders})
     if orders is not None:
         _check_orders(increment, tasks, class_order, resume, checkpoint_every)
-        args = {k: v for k, v in locals().items() if k not in ("nums", "orders", "order_seed")}  # this call's
-        return run_orders(orders, **args)
+        return run_orders(orders, stores=stores, head=head, head_options=head_options, holdout=holdout,
+                          test_stores=test_stores, eval_every=eval_every, epochs=epochs, shuffle_buffer=shuffle_buffer,
+                          chunk_rows=chunk_rows, seed=seed, metrics_out=metrics_out, plot=plot, model_out=model_out,
+                          checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete,
+                          quiet=quiet, increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint,
+                          replay=replay, first_increment=first_increment, log_dir=log_dir, executor=executor,
+                          workers=workers, trust_pickle=trust_pickle, echo=echo, out=out)
     if model_out is None and resume is not None:
         model_out = resume
     incremental = increment is not None or tasks is not None
@@ -110,7 +122,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
         model = load_model(resume, trust_pickle=trust_pickle) if resume is not None else None
         if model is not None and head is not None and head != model.head_name:
             raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
-        head = model.head_name if model is not None else head or "logreg"
+        head = model.head_name if model is not None else head or DEFAULT_HEAD
         given, replay_opts = _split_head_options(head, given, replay)
         if model is not None:
             _check_resumed_settings(model, given)
@@ -127,6 +139,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                 raise OptionError(f"--holdout {holdout} leaves no labelled row to learn from")
             if holdout and scan.heldout == 0:
                 raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
+            _refuse_one_class(scan, model, stores)
             if test_stores:
                 test_stream = open_checked(test_stores, "test stores", allow_incomplete=allow_incomplete,
                                            chunk_rows=chunk_rows)[0]
@@ -153,9 +166,11 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
             if task_list is not None and test_stream is None:
                 raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
             opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                                auto_points=not eval_every and (plot is not None or log_dir is not None
+                                                                or report is not None),
                                 model_out=model_out, tasks=task_list, joint_reference=not no_joint, replay=replay,
-                                replay_memory=replay_opts.get("memory", 2000),
-                                pool_size=replay_opts.get("pool_size", 1000), seed=seed, progress=not quiet,
+                                replay_memory=replay_opts.get("memory", TrainOptions.replay_memory),
+                                pool_size=replay_opts.get("pool_size", TrainOptions.pool_size), seed=seed, progress=not quiet,
                                 log_dir=log_dir)
             if executor == "local":
                 metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
@@ -165,9 +180,7 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                 check_parallel(model.head_name, model.head, opts)
                 with open_executor(executor, workers, progress=not quiet) as pool:
                     metrics = train_parallel(model, train_stream, test_stream, opts, pool, log=echo)
-            metrics["stores"] = [str(p) for p in stores]
-            metrics["test"] = [str(p) for p in test_stores] if test_stores else ("holdout" if holdout else None)
-            metrics["holdout_fraction"] = holdout
+            add_sources(metrics, stores, test_stores, holdout)
             if metrics_out is not None:
                 write_json(metrics, metrics_out)
             if plot is not None:
@@ -176,7 +189,12 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
                 (plot_accuracy_matrix if task_list else plot_learning_curve)(metrics, plot)
                 if metrics["heldout"].get("rows"):
                     plot_confusion(metrics, confusion_path(plot))
-            out(summary(metrics, model_out))
+            if report is not None:
+                from pipeline.report import write_report
+
+                write_report(report, {**model.summary(), **metrics}, head=model.head, test=test_stream,
+                             title=f"train-incremental: {model.head_name} on {', '.join(p.name for p in map(Path, stores))}")
+            out(summary(metrics, model_out) + (f"\nreport written to {report}" if report is not None else ""))
             if metrics.get("log_failure"):
                 kept = f"the model was saved to {model_out}" if model_out is not None else "no --model-out was given"
                 raise PipelineError(f"{metrics['log_failure']}; training finished and {kept}")
@@ -185,6 +203,16 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
             if test_stream is not None:
                 test_stream.close()
         return metrics
+
+
+def _refuse_one_class(scan: StoreScan, model: TrainedModel | None, stores: Sequence[Path]) -> None:
+    """A classifier needs two classes: one class alone (a resumed model's included) learns nothing."""
+    classes = sorted(set(scan.class_counts) | set(model.classes if model is not None else ()))
+    if len(classes) < 2:
+        names = ", ".join(str(p) for p in stores)
+        raise OptionError(f"{names} hold{'s' if len(stores) == 1 else ''} one class only ({classes[0]!r}): a "
+                          "classifier needs at least two, so nothing was trained or saved (if that class is a "
+                          "folder such as train/, extract from the folder holding the class folders)")
 
 
 def _check_orders(increment: int | None, tasks: str | None, class_order: str | None, resume: Path | None,
@@ -204,7 +232,8 @@ ORDER_KEYS = ("final_accuracy", "average_incremental_accuracy", "forgetting", "b
 
 
 def run_orders(orders: int, *, seed: int = 0, metrics_out: Path | None = None, plot: Path | None = None,
-               model_out: Path | None = None, log_dir: Path | None = None, quiet: bool = False,
+               model_out: Path | None = None, log_dir: Path | None = None, report: Path | None = None,
+               quiet: bool = False,
                echo: Echo = print, out: Echo = print, **options: Any) -> dict[str, Any]:
     """The same class-incremental run over ``orders`` class orders, order k shuffled with ``seed + k``
     (order 0 is the order of a plain run); everything else (row shuffle, head seed) keeps ``seed``,
@@ -212,16 +241,16 @@ def run_orders(orders: int, *, seed: int = 0, metrics_out: Path | None = None, p
 
     Returns ``{"orders": [metrics of each order], "orders_summary": {key: {mean, std, values}}}``
     (std: numpy's, ddof=0). Only the first order's model is saved to ``model_out``; ``plot`` and
-    ``log_dir`` get one file / folder per order (``NAME.order-K.png``, ``DIR/order-K``).
+    ``log_dir`` get one file / folder per order (``NAME.order-K.png``, ``DIR/order-K``), and so does ``report``.
     """
     with output_locks(model_out, metrics_out, log_dir):
         return _run_orders_locked(orders, seed=seed, metrics_out=metrics_out, plot=plot, model_out=model_out,
-                                  log_dir=log_dir, quiet=quiet, echo=echo, out=out, **options)
+                                  log_dir=log_dir, report=report, quiet=quiet, echo=echo, out=out, **options)
 
 
 def _run_orders_locked(orders: int, *, seed: int, metrics_out: Path | None, plot: Path | None,
-                       model_out: Path | None, log_dir: Path | None, quiet: bool, echo: Echo, out: Echo,
-                       **options: Any) -> dict[str, Any]:
+                       model_out: Path | None, log_dir: Path | None, report: Path | None, quiet: bool, echo: Echo,
+                       out: Echo, **options: Any) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     for k in range(orders):
         echo(f"order {k + 1}/{orders}: classes shuffled with seed {seed + k}")
@@ -230,6 +259,7 @@ def _run_orders_locked(orders: int, *, seed: int, metrics_out: Path | None, plot
         m = run_training(**options, seed=seed, order_seed=seed + k, quiet=quiet, echo=echo,
                          out=(lambda s: None) if orders > 1 else out, model_out=model_out if k == 0 else None,
                          plot=_numbered(plot, k) if plot is not None and orders > 1 else plot,
+                         report=_numbered(report, k) if report is not None and orders > 1 else report,
                          log_dir=log_dir / f"order-{k + 1}" if log_dir is not None and orders > 1 else log_dir)
         if k and "joint_accuracy" in results[0]:
             m["joint_accuracy"] = results[0]["joint_accuracy"]
@@ -329,14 +359,16 @@ def write_json(data: dict[str, Any], path: Path) -> None:
 
 
 def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.0, metrics_out: Path | None = None,
-                   allow_incomplete: bool = False, out: Echo = print, trust_pickle: bool = False) -> dict[str, Any]:
+                   allow_incomplete: bool = False, out: Echo = print, trust_pickle: bool = False,
+                   report: Path | None = None) -> dict[str, Any]:
     holdout = check_run_options({"holdout": holdout})["holdout"]
     with output_locks(metrics_out):
-        return _evaluate_locked(model_path, stores, holdout, metrics_out, allow_incomplete, out, trust_pickle)
+        return _evaluate_locked(model_path, stores, holdout, metrics_out, allow_incomplete, out, trust_pickle, report)
 
 
 def _evaluate_locked(model_path: Path, stores: Sequence[Path], holdout: float, metrics_out: Path | None,
-                     allow_incomplete: bool, out: Echo, trust_pickle: bool) -> dict[str, Any]:
+                     allow_incomplete: bool, out: Echo, trust_pickle: bool,
+                     report: Path | None) -> dict[str, Any]:
     model = load_model(model_path, trust_pickle=trust_pickle)
     stream, scan = open_checked(stores, "stores", allow_incomplete=allow_incomplete, holdout=holdout,
                                 split="test" if holdout else "all")
@@ -344,18 +376,47 @@ def _evaluate_locked(model_path: Path, stores: Sequence[Path], holdout: float, m
         if holdout and scan.heldout == 0:
             raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
         check_model_fits(model, stream, "the stores")
-        report = evaluate_head(model.head, stream).report()
-    metrics = {"model": str(model_path), "stores": [str(s) for s in stores], "holdout_fraction": holdout,
-               "heldout": report, **model.summary()}
+        for note in training_overlap(model, [(s.path, s.n_rows) for s in stream.stores], holdout):
+            warnings.warn(note, stacklevel=2)
+        held = evaluate_head(model.head, stream).report()
+        metrics = {"model": str(model_path), "stores": [str(s) for s in stores], "holdout_fraction": holdout,
+                   "heldout": held, **model.summary()}
+        if report is not None:
+            from pipeline.report import write_report
+
+            write_report(report, {**metrics, "stores": [s.get("path") for s in model.stores],
+                                  "test": [str(s) for s in stores], "learning_curve": model.history},
+                         head=model.head, test=stream, title=f"evaluate: {Path(model_path).name}")
     if metrics_out is not None:
         write_json(metrics, metrics_out)
-    out(f"accuracy {_pct(report.get('accuracy'))} on {report['rows']} rows"
-        + (f", log loss {report['log_loss']:.4f}" if report.get("log_loss") is not None else ""))
-    if report.get("unseen_labels"):
-        out(f"labels the model never learnt (counted as errors): {report['unseen_labels']}")
-    for label, r in (report.get("per_class") or {}).items():
+    out(f"accuracy {_pct(held.get('accuracy'))} on {held['rows']} rows"
+        + (f", log loss {held['log_loss']:.4f}" if held.get("log_loss") is not None else ""))
+    if held.get("unseen_labels"):
+        out(f"labels the model never learnt (counted as errors): {held['unseen_labels']}")
+    for label, r in (held.get("per_class") or {}).items():
         out(f"  {label:>20}  precision {r['precision']:.3f}  recall {r['recall']:.3f}  f1 {r['f1']:.3f}  n={r['support']}")
     return metrics
+
+
+def training_overlap(model: TrainedModel, stores: Sequence[tuple[Path, int]], holdout: float) -> list[str]:
+    """One line per evaluated store (path, rows) the model learnt from (same file, or same name and row count),
+    unless ``holdout`` picks only rows it held out (the held-out split of a fraction holds that of every smaller
+    one)."""
+    notes = []
+    for path, rows in stores:
+        resolved, name = str(Path(path).resolve()), Path(path).name
+        learnt = [r for r in model.stores if r.get("resolved") == resolved
+                  or (Path(str(r.get("path", ""))).name == name and r.get("rows") == rows)]
+        if not learnt:
+            continue
+        kept_out = min(float(r.get("holdout") or 0.0) for r in learnt)  # records before the field: trained on all
+        if holdout <= kept_out and holdout > 0:
+            continue
+        fix = (f"pass --holdout {kept_out:g} to evaluate on the rows it held out" if kept_out
+               else "evaluate on a store it did not learn from")
+        notes.append(f"the model was trained on {path}, so these rows include training rows and the accuracy is "
+                     f"optimistic (leakage); {fix}")
+    return notes
 
 
 def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None = None,
@@ -402,9 +463,7 @@ def _merge_locked(paths: Sequence[Path], output: Path, out: Echo, trust_pickle: 
     models = [load_model(p, trust_pickle=trust_pickle) for p in paths]
     first = models[0]
     if not first.head.mergeable:
-        mergeable = [n for n, cls in heads().items() if cls.capabilities.mergeable]
-        raise OptionError(f"{first.head_name} models cannot be merged exactly; only {', '.join(mergeable)} "
-                          "and nme --class-means exact can")
+        raise OptionError(f"{first.head_name} models cannot be merged exactly; only {mergeable_text()} can")
     if len({Path(p).resolve() for p in paths}) < len(paths):
         raise OptionError("merge was given the same model file twice: its rows would count twice")
     _refuse_overlap(paths, models)

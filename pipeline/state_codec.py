@@ -8,7 +8,8 @@ arrays; :func:`decode` rebuilds it. Only these are accepted, both ways:
 - numpy arrays of numbers, booleans or fixed-width strings (stored as ``.npy``),
   numpy arrays of objects whose items are accepted (stored item by item in JSON),
   numpy scalars, and ``numpy.random.Generator`` (its bit generator's state);
-- instances of the classes in :data:`ALLOWED_CLASSES`, stored as their state
+- instances of the registered heads and the classes they declare (``state_classes``), and of the classes
+  in :data:`ALLOWED_CLASSES` (state shared by several heads), stored as their state
   (``__getstate__()``, by default their ``__dict__``) and rebuilt with
   ``cls.__new__(cls)`` plus that state (``__setstate__`` when the class has one).
   No constructor runs, and a class name not in the list is refused.
@@ -18,8 +19,10 @@ refused with :class:`CodecError`, when saving and when loading. Identity is
 kept: an array or object reached twice is stored once and comes back shared.
 
 **Contract for heads** (and anything they hold): keep state as attributes
-whose values are of the kinds above; put every class of this package that
-can appear in a head's state in :data:`ALLOWED_CLASSES`. Keras or other
+whose values are of the kinds above; a registered head is allowed by being
+registered; list any other class of this package that can appear in its state
+in the head's ``state_classes`` (or, when several heads share it, in
+:data:`ALLOWED_CLASSES`). Keras or other
 framework objects must not live in the state: keep weights as numpy arrays
 (or lists of them) and rebuild framework objects lazily, dropping them in
 ``__getstate__``.
@@ -33,20 +36,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-# module path -> class names: the only classes a model file may name.
+from pipeline.heads.registry import registered_classes
+
+# module path -> class names: the classes a model file may name besides the registered heads and their
+# state_classes (pipeline.heads.registry.registered_classes): state that several heads share.
 ALLOWED_CLASSES: dict[str, tuple[str, ...]] = {
-    "pipeline.heads.online_linear": ("LogRegHead", "SoftmaxHead", "FastLinearHead", "OnlineLinearModel"),
-    "pipeline.heads.nme": ("NMEHead",),
+    "pipeline.heads.online_linear": ("FastLinearHead", "OnlineLinearModel"),
     "pipeline.heads.exemplars": ("ClassPools", "_Reservoir", "ExemplarMemory", "ExemplarSet", "ExperienceReplay"),
-    "pipeline.heads.slda": ("SLDAHead",),
-    "pipeline.heads.ridge": ("RidgeHead",),
     "pipeline.heads.class_stats": ("ClassStatistics",),
-    "pipeline.heads.mlp": ("MLPHead",),
-    "pipeline.heads.cl.base": ("Method",),
-    "pipeline.heads.cl.replay": ("ER", "AGEM"),
-    "pipeline.heads.cl.ewc": ("EWC",),
-    "pipeline.heads.cl.lwf": ("LwF",),
-    "pipeline.heads.cl.icarl": ("ICaRL",),
 }
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 ARRAY_KINDS = "biufcUS"  # bool, int, uint, float, complex, unicode, bytes: never objects or records
@@ -61,12 +58,15 @@ def class_name(cls: type) -> str:
 
 
 def is_allowed(cls: type) -> bool:
-    return cls.__qualname__ in ALLOWED_CLASSES.get(cls.__module__, ())
+    return cls.__qualname__ in ALLOWED_CLASSES.get(cls.__module__, ()) or registered_classes().get(class_name(cls)) is cls
 
 
 def allowed_class(name: str) -> type[object]:
     """The class a stored name refers to, if it is in the allow-list (importing only this package)."""
     module, _, qualname = name.rpartition(".")
+    registered = registered_classes().get(name)
+    if registered is not None:
+        return registered
     if qualname not in ALLOWED_CLASSES.get(module, ()):
         raise CodecError(f"the file names class {name!r}, which a model file may not hold")
     return getattr(importlib.import_module(module), qualname)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -26,19 +24,19 @@ import h5py
 import numpy as np
 
 from pipeline.errors import StoreError
+from pipeline.fsutil import WRITE_ERRORS, atomic_path
+from pipeline.identity import IDENTITY_KEYS, REQUIRED_KEYS, identity_of
+from pipeline.store_parts import find_parts, open_parts
+from pipeline.store_protocol import Rows, Store
 
 FORMAT_NAME = "incremental-pipeline-features"
 FORMAT_VERSION = 1
-REQUIRED_ATTRS = (
-    "format", "format_version", "backbone", "weights", "input_size", "preprocessing",
-    "pooling", "feature_dim", "dtype", "classes", "rows_done", "complete",
-)
-# Settings that must agree for features to be comparable.
-IDENTITY_KEYS = ("backbone", "weights", "alpha", "input_size", "preprocessing", "pooling", "feature_dim")
+REQUIRED_ATTRS = ("format", "format_version", *REQUIRED_KEYS, "dtype", "classes", "rows_done", "complete")
 STR = h5py.string_dtype("utf-8")
 _CACHE_BYTES = 64 << 20  # compressed appends are ~10x slower with h5py's 1 MiB default
-WRITE_ERRORS = (OSError, RuntimeError)  # h5py raises RuntimeError (errno 28) for a full disk
-
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "IDENTITY_KEYS", "WRITE_ERRORS", "Chunk", "FeatureStore", "Rows",
+           "Store", "StoreWriter", "atomic_path", "open_store"]
+Chunk = Rows  # the name of Rows before the training loop's Chunk made it ambiguous
 
 
 def _to_attr(value: Any) -> Any:
@@ -61,31 +59,6 @@ def _from_attr(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never a torn file.
-    The temporary name is unique per writer (``NAME.<pid>.<random>.tmp``): two
-    writers of the same file (a retried Ray task beside a worker thought dead)
-    never write into one temporary file; stale ones match ``*.tmp``.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _link_problem(file: h5py.File, name: str) -> str:
@@ -229,16 +202,6 @@ class StoreWriter:
             raise
 
 
-@dataclass
-class Chunk:
-    """Consecutive rows of a store: features, label indices, paths, first row index."""
-
-    X: np.ndarray
-    y: np.ndarray
-    paths: list[str]
-    start: int
-
-
 class FeatureStore:
     """A validated, read-only store: metadata plus chunked iteration.
 
@@ -291,7 +254,7 @@ class FeatureStore:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {key: self.meta.get(key, "") for key in IDENTITY_KEYS}
+        return identity_of(self.meta)
 
     def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.n_rows if stop is None else min(stop, self.n_rows)
@@ -321,7 +284,7 @@ class FeatureStore:
         for begin in range(0, dataset.shape[0], chunk_rows):
             yield from (p.decode("utf-8") if isinstance(p, bytes) else p for p in dataset[begin:begin + chunk_rows])
 
-    def read(self, start: int, stop: int) -> Chunk:
+    def read(self, start: int, stop: int) -> Rows:
         stop = min(stop, self.n_rows)
         try:
             X = self._file["features"][start:stop]
@@ -333,9 +296,9 @@ class FeatureStore:
             bad = int(y.min()) if int(y.min()) < -1 else int(y.max())
             raise StoreError(f"{self.path} is corrupt: label index {bad} in rows {start}:{stop} is outside "
                              f"[-1, {len(self.classes) - 1}] (the store has {len(self.classes)} classes)")
-        return Chunk(X, y, paths, start)
+        return Rows(X, y, paths, start)
 
-    def iter_chunks(self, chunk_rows: int = 4096, start: int = 0, stop: int | None = None) -> Iterator[Chunk]:
+    def iter_chunks(self, chunk_rows: int = 4096, start: int = 0, stop: int | None = None) -> Iterator[Rows]:
         """Yield consecutive chunks; memory is bounded by ``chunk_rows``, not the store size."""
         stop = self.n_rows if stop is None else min(stop, self.n_rows)
         for begin in range(start, stop, chunk_rows):
@@ -354,17 +317,15 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, rows={self.n_rows}, dim={self.feature_dim}, classes={len(self.classes)})"
 
 
-def open_store(path: str | Path, allow_incomplete: bool = False) -> Any:
+def open_store(path: str | Path, allow_incomplete: bool = False) -> Store:
     """Open and validate a store; an incomplete one is refused unless ``allow_incomplete``.
 
     ``path`` is a store file, a parts folder written with ``--no-merge``, or
     the output path of such a run (its ``.parts`` folder is then read).
     """
-    from pipeline.store_parts import find_parts, open_parts
-
     folder = find_parts(Path(path))
     if folder is not None:
-        return open_parts(folder, allow_incomplete)
+        return open_parts(folder, FeatureStore, allow_incomplete)
     store = FeatureStore(path)
     if not store.complete and not allow_incomplete:
         store.close()

@@ -3,9 +3,12 @@
 ``extract-features --no-merge`` leaves ``OUT.parts/`` (``manifest.json`` plus
 one ``shard-<file_start>.h5`` per partition) instead of merging it into
 ``OUT``. When the manifest says ``complete``, :class:`PartsStore` reads the
-shards in partition order with the interface of
-:class:`pipeline.store.FeatureStore`, so every command accepts the folder (or
-``OUT`` itself) wherever it accepts a store. Only one shard is open at a time.
+shards in partition order as one :class:`~pipeline.store_protocol.Store`, so
+every command accepts the folder (or ``OUT`` itself) wherever it accepts a
+store. Only one shard is open at a time. This module owns the layout of the
+folder (:func:`parts_folder`, :data:`MANIFEST`, :data:`SHARD_GLOB`); it opens
+each shard with the reader it is given (:class:`pipeline.store.FeatureStore`),
+so it imports nothing from the store file format.
 """
 
 from __future__ import annotations
@@ -13,20 +16,29 @@ from __future__ import annotations
 import bisect
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from pipeline.errors import StoreError, one_line
-from pipeline.store import IDENTITY_KEYS, WRITE_ERRORS, Chunk, FeatureStore, atomic_path
+from pipeline.fsutil import WRITE_ERRORS, atomic_path
+from pipeline.identity import identity_of
+from pipeline.store_protocol import Rows, Store
 
 MANIFEST = "manifest.json"
+SHARD_GLOB = "shard-*.h5"
 PARTS_FORMAT = "incremental-pipeline-parts"
 PARTS_VERSION = 1
 
 
 def parts_folder(out: Path) -> Path:
+    """Where the shards of an extraction to ``out`` go: ``OUT.parts``."""
     return out.with_name(out.name + ".parts")
+
+
+def shard_name(file_start: int) -> str:
+    """The file name of the shard whose first file is ``file_start`` in processing order."""
+    return f"shard-{file_start:09d}.h5"
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -93,15 +105,16 @@ def _checked_shards(folder: Path, manifest: dict[str, Any]) -> tuple[list[str], 
 class PartsStore:
     """The shards of a ``--no-merge`` extraction, read as one store (same interface as FeatureStore)."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]):
+    def __init__(self, folder: Path, manifest: dict[str, Any], open_shard: Callable[[Path], Store]):
         self.path = folder
+        self._open_shard = open_shard
         self.shards, rows = _checked_shards(folder, manifest)
         self.offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).tolist()
         self.n_rows = int(self.offsets[-1])
         self.complete = bool(manifest.get("complete"))
         if not self.shards:
             raise StoreError(f"{folder} holds no finished shard yet")
-        self._open: tuple[int, FeatureStore] | None = None
+        self._open: tuple[int, Store] | None = None
         first = self._shard(0)
         self.meta: dict[str, Any] = {k: v for k, v in first.meta.items() if k not in ("file_start", "file_stop")}
         self.meta.update(rows_done=self.n_rows, complete=self.complete,
@@ -111,12 +124,12 @@ class PartsStore:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {key: self.meta.get(key, "") for key in IDENTITY_KEYS}
+        return identity_of(self.meta)
 
-    def _shard(self, k: int) -> FeatureStore:
+    def _shard(self, k: int) -> Store:
         if self._open is None or self._open[0] != k:
             self.close()
-            shard = FeatureStore(self.path / self.shards[k])
+            shard = self._open_shard(self.path / self.shards[k])
             expected = self.offsets[k + 1] - self.offsets[k]
             if shard.n_rows != expected:
                 shard.close()
@@ -124,7 +137,7 @@ class PartsStore:
             self._open = (k, shard)
         return self._open[1]
 
-    def read(self, start: int, stop: int) -> Chunk:
+    def read(self, start: int, stop: int) -> Rows:
         stop = min(stop, self.n_rows)
         begin, pieces = start, []
         k = max(0, bisect.bisect_right(self.offsets, start) - 1)
@@ -135,13 +148,13 @@ class PartsStore:
                 start = min(stop, self.offsets[k + 1])
             k += 1
         if not pieces:
-            return Chunk(np.zeros((0, self.feature_dim), np.float32), np.zeros(0, np.int32), [], begin)
+            return Rows(np.zeros((0, self.feature_dim), np.float32), np.zeros(0, np.int32), [], begin)
         if len(pieces) == 1:
-            return Chunk(pieces[0].X, pieces[0].y, pieces[0].paths, begin)
-        return Chunk(np.concatenate([p.X for p in pieces]), np.concatenate([p.y for p in pieces]),
+            return Rows(pieces[0].X, pieces[0].y, pieces[0].paths, begin)
+        return Rows(np.concatenate([p.X for p in pieces]), np.concatenate([p.y for p in pieces]),
                      [q for p in pieces for q in p.paths], begin)
 
-    def iter_chunks(self, chunk_rows: int = 4096, start: int = 0, stop: int | None = None) -> Iterator[Chunk]:
+    def iter_chunks(self, chunk_rows: int = 4096, start: int = 0, stop: int | None = None) -> Iterator[Rows]:
         stop = self.n_rows if stop is None else min(stop, self.n_rows)
         for begin in range(start, stop, chunk_rows):
             yield self.read(begin, min(begin + chunk_rows, stop))
@@ -176,7 +189,8 @@ class PartsStore:
         return f"PartsStore({str(self.path)!r}, rows={self.n_rows}, shards={len(self.shards)}, dim={self.feature_dim})"
 
 
-def open_parts(folder: Path, allow_incomplete: bool = False) -> PartsStore:
+def open_parts(folder: Path, open_shard: Callable[[Path], Store], allow_incomplete: bool = False) -> PartsStore:
+    """The parts folder read as one store, each shard opened with ``open_shard``."""
     manifest = read_manifest(folder)
     if manifest is None:
         raise StoreError(f"{folder} is not a parts folder of extract-features (no usable {MANIFEST})")
@@ -184,8 +198,8 @@ def open_parts(folder: Path, allow_incomplete: bool = False) -> PartsStore:
         raise StoreError(f"{folder} is an unfinished extraction: rerun extract-features to finish it")
     if not manifest.get("complete"):  # list the finished shards in order (rows known only once opened)
         shards = []
-        for path in sorted(folder.glob("shard-*.h5")):
-            with FeatureStore(path) as shard:
+        for path in sorted(folder.glob(SHARD_GLOB)):
+            with open_shard(path) as shard:
                 shards.append({"name": path.name, "rows": shard.n_rows})
         manifest = {**manifest, "shards": shards}
-    return PartsStore(folder, manifest)
+    return PartsStore(folder, manifest, open_shard)

@@ -10,7 +10,6 @@ same image always lands on the same side), filtered to a subset of classes
 
 from __future__ import annotations
 
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from pipeline.errors import StoreError
-from pipeline.store import IDENTITY_KEYS, open_store
+from pipeline.identity import check_identity, with_precision
+from pipeline.store import open_store
 
 
 @dataclass
@@ -39,31 +39,8 @@ def holdout_mask(paths: Sequence[str], fraction: float) -> np.ndarray:
     return np.fromiter((zlib.crc32(p.encode("utf-8")) < limit for p in paths), bool, len(paths))
 
 
-def _same(a: Any, b: Any) -> bool:
-    return [str(v) for v in a] == [str(v) for v in b] if isinstance(a, list) or isinstance(b, list) else str(a) == str(b)
-
-
-def check_identity(expected: dict[str, Any], got: dict[str, Any], what: str) -> None:
-    """Raise when two feature sources were made with different backbones, weights or dims.
-
-    A different compute precision (``float32`` / ``bfloat16`` / ``float16``)
-    only warns: it is the same model up to rounding (mean cosine >= 0.995 to
-    float32 on the shared photos, README "Extraction speed"), so stores made on
-    a GPU in float16 and on a CPU in float32 may be streamed together.
-    """
-    for key in IDENTITY_KEYS:
-        if key in expected and key in got and not _same(expected[key], got[key]):
-            raise StoreError(f"{what} was made with {key}={got[key]!r}, but {expected[key]!r} was expected: "
-                             "features from different backbones, weights or settings cannot be mixed")
-    want, have = expected.get("precision") or "float32", got.get("precision") or "float32"
-    if want != have:
-        warnings.warn(f"{what} was computed in {have}, the other features in {want}: mixed, since it is the "
-                      "same backbone up to rounding; extract all stores at one --precision for bitwise-"
-                      "comparable features", stacklevel=3)
-
-
 def _identity(store: Any) -> dict[str, Any]:
-    return {**store.identity, "precision": store.meta.get("precision") or "float32"}
+    return with_precision(store.identity, store.meta)
 
 
 @dataclass

@@ -20,12 +20,15 @@ import numpy as np
 
 from pipeline.errors import OptionError, TrainingError
 from pipeline.heads.base import Head
+from pipeline.heads.defaults import DEFAULT_MEMORY, DEFAULT_POOL_SIZE
 from pipeline.loggers import RunLogger
-from pipeline.loop import Plugin, RunState, TrainingLoop
+from pipeline.loop import Plugin, RunState, TaskLearner, TrainingLoop
+from pipeline.metrics import store_record
 from pipeline.models import TrainedModel, save_model
-from pipeline.plugins import (Checkpoints, EvaluationPoints, HeadHooks, JointReference, Replay, TaskEvaluation,
-                              evaluate_head)
-from pipeline.stream import FeatureStream, check_identity
+from pipeline.plugins import (AUTO_FIRST_POINT, Checkpoints, EvaluationPoints, HeadHooks, JointReference, Replay,
+                              TaskEvaluation, evaluate_head)
+from pipeline.identity import check_identity
+from pipeline.stream import FeatureStream
 
 __all__ = ["TrainOptions", "RunState", "train", "make_tasks", "evaluate_head", "check_model_fits", "run_key"]
 
@@ -34,17 +37,18 @@ __all__ = ["TrainOptions", "RunState", "train", "make_tasks", "evaluate_head", "
 class TrainOptions:
     epochs: int = 1
     eval_every: int = 0
+    auto_points: bool = False          # without eval_every: evaluate at 32, 64, 128, ... rows (a curve to draw)
     checkpoint_every: int = 0
     model_out: Path | None = None
     tasks: list[list[str]] | None = None
     joint_reference: bool = True
     replay: bool = False
-    replay_memory: int = 2000
-    pool_size: int = 1000
+    replay_memory: int = DEFAULT_MEMORY
+    pool_size: int = DEFAULT_POOL_SIZE
     seed: int = 0
     progress: bool = True
     log_dir: Path | None = None        # CSV + TensorBoard logs of every evaluation point (pipeline.loggers)
-    plugins: tuple[Plugin, ...] = ()   # extra plug-ins, after the head's own
+    plugins: tuple[Plugin, ...] = ()   # extra plug-ins, after the run's own
 
 
 def key_parts(train: FeatureStream, opts: TrainOptions) -> dict[str, Any]:
@@ -60,7 +64,11 @@ def run_key(train: FeatureStream, opts: TrainOptions) -> str:
 
 
 def check_model_fits(model: TrainedModel, stream: FeatureStream, what: str) -> None:
-    check_identity(model.backbone, {**stream.identity, "feature_dim": stream.feature_dim}, what)
+    """Refuse a stream whose features do not fit the model, naming the store (``what``: which stores these are;
+    every store of a stream shares the first one's backbone, checked when it is opened)."""
+    first = str(stream.paths[0])
+    name = first if len(stream.paths) == 1 else f"{first} (like the other {what.removeprefix('the ')})"
+    check_identity(model.backbone, {**stream.identity, "feature_dim": stream.feature_dim}, name)
 
 
 def changed_options(previous: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -105,31 +113,38 @@ def _start_state(model: TrainedModel, train_stream: FeatureStream, opts: TrainOp
 
 def train(model: TrainedModel, train_stream: FeatureStream, test_stream: FeatureStream | None,
           opts: TrainOptions, make_fresh_head: Callable[[], Head] | None = None,
-          log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Train ``model.head`` on ``train_stream``; returns the metrics dictionary."""
+          log: Callable[[str], None] = lambda s: None, *, learn_task: TaskLearner | None = None,
+          fit_joint: Callable[[], Head] | None = None, executor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``model.head`` on ``train_stream``; returns the metrics dictionary (:mod:`pipeline.metrics`).
+
+    The one training engine: local runs learn chunk by chunk; parallel runs of heads that merge exactly
+    (:func:`pipeline.parallel_train.train_parallel`) pass ``learn_task`` and ``fit_joint`` (their joint
+    reference) and ``executor`` (for the metrics), and get the same plug-ins, metrics and model record.
+    """
     check_model_fits(model, train_stream, "the training stores")
     if test_stream is not None:
         check_model_fits(model, test_stream, "the test stores")
     state = _start_state(model, train_stream, opts, log)
     incremental = opts.tasks is not None
-    record = [{"path": str(s.path), "resolved": str(s.path.resolve()), "rows": s.n_rows} for s in train_stream.stores]
+    record = [store_record(s.path, s.n_rows, train_stream.holdout) for s in train_stream.stores]
     model.stores.extend(r for r in record if r not in model.stores)
 
     plugins: list[Plugin] = [HeadHooks()]
     if opts.replay:
         plugins.append(Replay(opts.replay_memory, opts.pool_size, opts.seed))
-    plugins += [*model.head.plugins(), *opts.plugins, EvaluationPoints(test_stream, opts.eval_every)]
+    points = EvaluationPoints(test_stream, opts.eval_every, AUTO_FIRST_POINT if opts.auto_points else 0)
+    plugins += [*opts.plugins, points]
     if incremental:
         plugins.append(TaskEvaluation(test_stream))
-        if opts.joint_reference and make_fresh_head is not None:
-            plugins.append(JointReference(make_fresh_head, test_stream))
+        if opts.joint_reference and (make_fresh_head is not None or fit_joint is not None):
+            plugins.append(JointReference(make_fresh_head, test_stream, fit_joint))
     logger = RunLogger(opts.log_dir) if opts.log_dir is not None else None
     if logger is not None:  # after the evaluation plug-ins: it writes the points they make
         plugins.append(logger)
     # looked up at call time, so tests can stand in for save_model
     plugins.append(Checkpoints(opts.model_out, opts.checkpoint_every, lambda m, p: checked_save(m, p)))
     loop = TrainingLoop(model, train_stream, state, tasks=opts.tasks, epochs=opts.epochs, plugins=plugins,
-                        progress=opts.progress, log=log)
+                        progress=opts.progress, log=log, learn_task=learn_task, executor=executor)
     try:
         metrics = loop.run()
     finally:

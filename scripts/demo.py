@@ -69,13 +69,27 @@ def main() -> None:
     store, model = out / "dogs-vs-cats.h5", out / "logreg.model"
     run("extract-features", source, "-o", str(store), "--backbone", "mobilenetv2", "--weights", weights_opt)
     run("train-incremental", str(store), "--head", "logreg", "--holdout", "0.3", "--eval-every", "200",
-        "--model-out", str(model), "--metrics-out", str(out / "metrics.json"), "--plot", str(out / "curve.png"))
+        "--model-out", str(model), "--metrics-out", str(out / "metrics.json"), "--plot", str(out / "curve.png"),
+        "--report", str(out / "run.html"))
     run("evaluate", str(model), str(store), "--holdout", "0.3")
-    samples = sorted(Path(source).glob("*.jpg"))[:2] + sorted(Path(source).glob("dog*.jpg"))[:2] \
-        if Path(source).is_dir() else []
-    if samples:
-        run("predict", str(model), *map(str, samples), "--weights", weights_opt)
-    print(f"\ndone: store, model, metrics.json and curve.png are in {out}/")
+    run("predict", str(model), *map(str, heldout_photos(store, 0.3, per_class=2)), "--weights", weights_opt)
+    print(f"\ndone: store, model, metrics.json, curve.png and run.html (open it in a browser) are in {out}/")
+
+
+def heldout_photos(store: Path, holdout: float, per_class: int) -> list[Path]:
+    """A few photos of each class from the held-out split (never learnt), so the probabilities are honest."""
+    from pipeline.images import path_from_record
+    from pipeline.stream import FeatureStream
+
+    picked: dict[str, list[Path]] = {}
+    with FeatureStream([store], holdout=holdout, split="test") as stream:
+        root = Path(str(stream.meta.get("source_root", "")))
+        for batch in stream:
+            for label, path in zip(batch.y, batch.paths):
+                chosen = picked.setdefault(str(label), [])
+                if len(chosen) < per_class:
+                    chosen.append(root / path_from_record(path))
+    return [p for paths in picked.values() for p in paths]
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ def tf_reference(tmp_path_factory) -> tuple[np.ndarray, dict]:
 
 
 def test_onednn_is_on_by_default_and_the_users_setting_wins():
-    code = "import os, pipeline; print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"
+    # set just before Keras is imported (issue 18: importing pipeline changes no environment variable)
+    code = ("import os; from pipeline.keras_runtime import prepare_environment; prepare_environment(); "
+            "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))")
     base = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     run = lambda env: subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)},
                                      capture_output=True, text=True, cwd=ROOT).stdout.strip()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import io
+import os
 import sys
 import warnings
 from typing import Any, Callable
@@ -27,6 +29,8 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:  # `... | head -1`: the reader has gone; nothing to say to anyone
+            _leave_quietly_on_broken_pipe()
         except OSError as exc:  # the environment, not a bug: a name too long, permission denied, ...
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror or exc}") from None
@@ -38,6 +42,24 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _leave_quietly_on_broken_pipe() -> None:
+    """Exit as a process killed by SIGPIPE would (status 141), without Python's "Exception ignored" note
+    when it flushes standard output at exit (the recipe of Python's signal documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (a test runner's buffer)
+        pass
+    sys.exit(141)
+
+
+def note(text: str) -> None:
+    """A log line on stderr, written through tqdm so that it never lands inside a progress bar's line."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
+
+
 def _show_warnings() -> None:
     def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         click.echo(f"warning: {message}", err=True)
@@ -45,7 +67,10 @@ def _show_warnings() -> None:
     warnings.showwarning = show
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # on the group and on the commands installed on their own
+
+
+@click.group(context_settings=HELP_OPTIONS)
 @click.version_option(package_name="incremental-pipeline")
 def main() -> None:
     """Out-of-core, incremental image classification on frozen CNN features.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import WorkersType, _show_warnings, friendly_errors
+from pipeline.cli.common import HELP_OPTIONS, WorkersType, _show_warnings, friendly_errors
 
 
 EXTRACT_EPILOG = """\b
@@ -21,7 +21,7 @@ Examples:
 """
 
 
-@click.command("extract-features", epilog=EXTRACT_EPILOG)
+@click.command("extract-features", epilog=EXTRACT_EPILOG, context_settings=HELP_OPTIONS)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="The HDF5 feature store to write.")
@@ -93,12 +93,12 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
         warnings.warn("--mixed-precision is deprecated; use --precision float16 (or auto: float16 on a GPU)",
                       stacklevel=1)
         precision = "float16"
+    listed = list_images(source, layout, label_key=label_key)  # a wrong path fails before Keras is imported
     n_workers: int | None
     if executor == "local":
         n_workers = resolve_workers(workers, device())
     else:  # actors: the cluster's shape decides (the driver does not look at its own device)
         n_workers = None if workers == "auto" else int(workers)
-    listed = list_images(source, layout, label_key=label_key)
     excluded = 0
     if exclude:
         from pipeline.exclude import exclude_stored

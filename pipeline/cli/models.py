@@ -11,7 +11,7 @@ from pipeline.cli.common import friendly_errors, trust_pickle_option
 
 EVALUATE_EPILOG = """\b
 Example:
-  pipeline evaluate model.model data/val.h5 --metrics-out eval.json
+  pipeline evaluate model.model data/val.h5 --metrics-out eval.json --report eval.html
   pipeline evaluate model.model data/dvc.h5 --holdout 0.3   # the held-out split used in training
 """
 
@@ -22,15 +22,21 @@ Example:
 @click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               help="Evaluate only the held-out split of the stores (same hash split as training).")
 @click.option("--metrics-out", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a self-contained HTML report (confusion matrix, per-class precision and recall, the "
+                   "misclassified photos, the model's learning curve).")
 @click.option("--allow-incomplete", is_flag=True)
 @trust_pickle_option
 @friendly_errors
-def evaluate_cmd(model: Path, stores: tuple[Path, ...], holdout: float, metrics_out: Path | None,
+def evaluate_cmd(model: Path, stores: tuple[Path, ...], holdout: float, metrics_out: Path | None, report: Path | None,
                  allow_incomplete: bool, trust_pickle: bool) -> None:
     """Evaluate a saved MODEL on feature STORES."""
     from pipeline.runs import run_evaluation
 
-    run_evaluation(model, stores, holdout, metrics_out, allow_incomplete, out=click.echo, trust_pickle=trust_pickle)
+    run_evaluation(model, stores, holdout, metrics_out, allow_incomplete, out=click.echo, trust_pickle=trust_pickle,
+                   report=report)
+    if report is not None:
+        click.echo(f"report written to {report}")
 
 
 PREDICT_EPILOG = """\b

@@ -13,15 +13,17 @@ from typing import Any, Callable
 
 import click
 
-from pipeline.cli.common import _show_warnings, click_option, friendly_errors, trust_pickle_option
+from pipeline.cli.common import (HELP_OPTIONS, _show_warnings, click_option, friendly_errors, note,
+                                 trust_pickle_option)
 from pipeline.heads import heads
 from pipeline.heads.registry import Option
 from pipeline.options import RUN_OPTIONS
-from pipeline.plugins import REPLAY_OPTIONS
+from pipeline.heads.defaults import DEFAULT_HEAD, REPLAY_OPTIONS
 
 TRAIN_EPILOG = """\b
 Examples:
   train-incremental data/dvc.h5 --head logreg --holdout 0.3 --metrics-out m.json --plot curve.png
+  train-incremental data/train.h5 --test data/val.h5 --report run.html     # open run.html in a browser
   train-incremental data/a.h5 data/b.h5 --head softmax --test data/val.h5 --model-out model.model
   train-incremental data/new_classes.h5 --resume model.model --holdout 0.3
   train-incremental data/train.h5 --head nme --increment 2 --test data/val.h5 --plot matrix.png
@@ -60,7 +62,7 @@ def head_options(func: Callable[..., Any]) -> Callable[..., Any]:
         func = click_option(opt, help=_help(name, readers))(func)
     summaries = "; ".join(f"{n}: {cls.summary}" for n, cls in heads().items())
     return click.option("--head", type=click.Choice(list(heads())), default=None,
-                        help=f"{summaries}. [default: logreg]")(func)
+                        help=f"{summaries}. [default: {DEFAULT_HEAD}]")(func)
 
 
 def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -68,7 +70,7 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
     return click_option(opt, default=opt.default, show_default=opt.default is not None, **kwargs)
 
 
-@click.command("train-incremental", epilog=TRAIN_EPILOG)
+@click.command("train-incremental", epilog=TRAIN_EPILOG, context_settings=HELP_OPTIONS)
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @head_options
 @_run("holdout")
@@ -85,10 +87,13 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
                    "confusion matrix goes next to it as NAME.confusion.png.")
 @click.option("--log-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Log every evaluation point to DIR/points.csv and TensorBoard event files in DIR "
-                   "(tensorboard --logdir DIR); event files need tensorboardX: "
+                   "(view them with TensorBoard: pip install tensorboard); event files need tensorboardX: "
                    "pip install 'incremental-pipeline[logging]'.")
 @click.option("--model-out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Save the trained model here (atomically).")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a self-contained HTML run report (curves, confusion matrix, per-class precision and "
+                   "recall, the misclassified held-out photos); open it in any browser.")
 @_run("checkpoint_every")
 @click.option("--resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Continue training a saved model (an interrupted run continues where it stopped).")
@@ -111,6 +116,7 @@ def _run(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..
 def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: float, test_stores: tuple[Path, ...],
                           eval_every: int, epochs: int | None, shuffle_buffer: int, chunk_rows: int, seed: int,
                           metrics_out: Path | None, plot: Path | None, log_dir: Path | None, model_out: Path | None,
+                          report: Path | None,
                           checkpoint_every: int, resume: Path | None, allow_incomplete: bool,
                           increment: int | None, first_increment: int | None, tasks: str | None,
                           class_order: str | None, no_joint: bool, replay: bool, orders: int | None, executor: str,
@@ -130,5 +136,5 @@ def train_incremental_cmd(stores: tuple[Path, ...], head: str | None, holdout: f
                  checkpoint_every=checkpoint_every, resume=resume, allow_incomplete=allow_incomplete, quiet=quiet,
                  increment=increment, tasks=tasks, class_order=class_order, no_joint=no_joint, replay=replay,
                  first_increment=first_increment, orders=orders, log_dir=log_dir,
-                 executor=executor, workers=workers, trust_pickle=trust_pickle,
-                 echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)), out=click.echo)
+                 executor=executor, workers=workers, trust_pickle=trust_pickle, report=report,
+                 echo=(lambda s: None) if quiet else note, out=click.echo)

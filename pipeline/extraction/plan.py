@@ -23,10 +23,8 @@ import numpy as np
 from pipeline.errors import StoreError
 from pipeline.images import ImageSource, listing_digest
 from pipeline.store import WRITE_ERRORS, FeatureStore
-from pipeline.store_parts import parts_folder, read_manifest, write_manifest
-
-SHARD_GLOB = "shard-*.h5"
-IDENTITY = ("backbone", "weights", "alpha", "input_size", "pooling", "preprocessing")
+from pipeline.identity import extraction_identity
+from pipeline.store_parts import SHARD_GLOB, parts_folder, read_manifest, shard_name, write_manifest
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class Partition:
 
     @property
     def name(self) -> str:
-        return f"shard-{self.start:09d}.h5"
+        return shard_name(self.start)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -78,7 +76,7 @@ def extraction_settings(source: ImageSource, backbone_info: dict[str, Any], *, s
     """Everything that must match for a partial run to be continued."""
     # The compute precision changes features by rounding: a partial run continues only at the same one.
     precision = {"precision": backbone_info.get("precision", "float32")}
-    return {**{k: backbone_info[k] for k in IDENTITY}, **precision, "source_root": str(source.root.resolve()),
+    return {**extraction_identity(backbone_info), **precision, "source_root": str(source.root.resolve()),
             "layout": source.layout, "seed": seed, "shuffle": shuffle, "batch_size": batch_size, "dtype": dtype,
             "files": len(source.paths), "listing_sha256": listing_digest(source)}
 

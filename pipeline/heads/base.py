@@ -31,18 +31,25 @@ class Head:
     (not again when a run resumes mid-task: keep what it makes in the head, it
     is saved with the model), ``progressive_fit`` / ``partial_fit`` on each
     chunk then ``after_chunk``, and ``end_task`` (the "after task" hook).
-    ``plugins()`` may return extra loop plug-ins (:class:`pipeline.plugins.Plugin`)
-    that see the whole run.
     """
 
     name = "head"
     summary = ""
     options: tuple[Option, ...] = ()
     capabilities = Capabilities()
+    # Classes of this package the head's state holds, beyond those shared by several heads (which
+    # pipeline.state_codec lists): model files may hold them (pipeline.heads.registry.registered_classes).
+    state_classes: tuple[type, ...] = ()
 
     @property
     def mergeable(self) -> bool:
-        return self.capabilities.mergeable
+        """Whether ``merge`` is exact: always (``capabilities.mergeable``) or with the options in
+        ``capabilities.mergeable_when``."""
+        caps = self.capabilities
+        if caps.mergeable or not caps.mergeable_when:
+            return caps.mergeable
+        settings = self.settings()
+        return all(settings.get(key) == value for key, value in caps.mergeable_when)
 
     @classmethod
     def build(cls, n_features: int | None = None, **options: Any) -> "Head":
@@ -131,10 +138,6 @@ class Head:
     def merge(self, other: Self) -> Self:
         """Fold in a model of the same kind trained on other rows (heads whose ``mergeable`` is True)."""
         raise HeadError(f"{self.name} models cannot be merged exactly")
-
-    def plugins(self) -> list["Plugin"]:
-        """Extra training-loop plug-ins this head needs (a method's Fisher, memory, ...)."""
-        return []
 
     def finite_state(self) -> bool:
         """True when every number the head keeps is finite (a diverged model is never saved)."""

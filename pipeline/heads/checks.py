@@ -132,6 +132,12 @@ def check_row_order_does_not_change_the_result(factory: Factory) -> None:
 
 
 def check_merge_equals_training_on_both(factory: Factory) -> None:
+    """Merging equals training on both halves (built with ``capabilities.mergeable_when`` when given)."""
+    proto = factory()
+    if not proto.mergeable and proto.capabilities.mergeable_when:
+        settings = {**proto.settings(), **dict(proto.capabilities.mergeable_when)}
+        factory = lambda: make_head(proto.name, n_features=proto.n_features_in_, **settings)  # noqa: E731
+        assert factory().mergeable, f"{proto.name} is not mergeable with {settings}"
     X, y = blobs(500)
     first, second = factory().partial_fit(X[:250], y[:250]), factory().partial_fit(X[250:], y[250:])
     both = factory().partial_fit(X, y)
@@ -183,5 +189,5 @@ def yield_checks(name: str) -> Iterator[Callable[[Factory], None]]:
         yield check_chunk_size_does_not_change_the_result
     if caps.order_free:
         yield check_row_order_does_not_change_the_result
-    if caps.mergeable:
+    if caps.mergeable or caps.mergeable_when:
         yield check_merge_equals_training_on_both

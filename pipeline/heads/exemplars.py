@@ -18,6 +18,8 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
+from pipeline.heads.defaults import DEFAULT_MEMORY, DEFAULT_POOL_SIZE
+
 
 def l2_normalise(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, np.float64)
@@ -131,7 +133,7 @@ class ExemplarSet:
 class ExemplarMemory:
     """At most ``budget`` exemplars in total; ``budget // n_classes`` per class."""
 
-    budget: int = 2000
+    budget: int = DEFAULT_MEMORY
     sets: dict[Hashable, ExemplarSet] = field(default_factory=dict)
 
     @property
@@ -186,7 +188,7 @@ class ExperienceReplay:
     the chunk's own rows went (so progressive metrics count only new rows).
     """
 
-    def __init__(self, budget: int = 2000, pool_size: int = 1000, seed: int = 0):
+    def __init__(self, budget: int = DEFAULT_MEMORY, pool_size: int = DEFAULT_POOL_SIZE, seed: int = 0):
         self.memory = ExemplarMemory(budget)
         self.pools = ClassPools(pool_size, seed)
         self.seed = seed

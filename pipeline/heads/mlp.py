@@ -35,7 +35,7 @@ import numpy as np
 from pipeline import keras_runtime as runtime
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
-from pipeline.heads.nme import MEMORY_OPTION, POOL_OPTION
+from pipeline.heads.defaults import DEFAULT_MEMORY, DEFAULT_POOL_SIZE, MEMORY_OPTION, POOL_OPTION
 from pipeline.heads.registry import Capabilities, Option, register
 from pipeline.heads.cl import ALL_METHOD_OPTIONS, METHODS, Method, make_method, method_settings
 from pipeline.heads.cl.net import forward, grow_output, init_params, pad_like, softmax
@@ -65,11 +65,13 @@ class MLPHead(Head):
         Option("distill_weight", float, 1.0, "lwf: weight of the distillation loss", low=0.0),
     )
     capabilities = Capabilities(keeps_exemplars=False, mini_batches=True, default_epochs=10,
+                                keeps_exemplars_when=(("method", tuple(n for n, m in METHODS.items() if m.uses_memory)),),
                                 class_incremental="grows an output column (old logits kept)")
+    state_classes = tuple(METHODS.values())  # a method is saved with the head
 
     def __init__(self, hidden: int | Sequence[int] = 512, batch_size: int = 64, chunk_passes: int = 1,
-                 lr: float = 1e-3, seed: int = 0, method: str = "finetune", memory: int = 2000,
-                 pool_size: int = 1000, ewc_lambda: float = 1e5, gamma: float = 1.0, temperature: float = 2.0,
+                 lr: float = 1e-3, seed: int = 0, method: str = "finetune", memory: int = DEFAULT_MEMORY,
+                 pool_size: int = DEFAULT_POOL_SIZE, ewc_lambda: float = 1e5, gamma: float = 1.0, temperature: float = 2.0,
                  distill_weight: float = 1.0):
         super().__init__()
         self.hidden = tuple(h for h in (int(h) for h in np.atleast_1d(hidden)) if h > 0)

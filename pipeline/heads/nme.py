@@ -30,15 +30,14 @@ import numpy as np
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head, softmax_rows
+from pipeline.heads.defaults import DEFAULT_MEMORY, DEFAULT_POOL_SIZE, MEMORY_OPTION, POOL_OPTION
 from pipeline.heads.exemplars import ClassPools, ExemplarMemory, l2_normalise
 from pipeline.heads.registry import Capabilities, Option, register
 
 if TYPE_CHECKING:
     from typing import Self
 
-MEMORY_OPTION = Option("memory", int, 2000, "exemplar budget in rows, all classes together", low=1, high=10**9)
-POOL_OPTION = Option("pool_size", int, 1000, "candidates kept per class for herding (reservoir sample)",
-                     low=1, high=100_000)
+__all__ = ["MEMORY_OPTION", "NMEHead", "POOL_OPTION"]  # the options' home is pipeline.heads.defaults
 
 
 @register
@@ -52,9 +51,13 @@ class NMEHead(Head):
         POOL_OPTION,
         Option("seed", int, 0, "seed of the reservoir samples", low=0, high=2**32 - 1, from_run=True),
     )
-    capabilities = Capabilities(keeps_exemplars=True, class_incremental="adds a mean")
+    capabilities = Capabilities(keeps_exemplars=True, class_incremental="adds a mean",
+                                mergeable_when=(("class_means", "exact"),),
+                                sequential="herding picks exemplars from the whole stream (use --class-means "
+                                           "exact, whose means are sums)")
 
-    def __init__(self, memory: int = 2000, class_means: str = "exemplar", pool_size: int = 1000, seed: int = 0):
+    def __init__(self, memory: int = DEFAULT_MEMORY, class_means: str = "exemplar", pool_size: int = DEFAULT_POOL_SIZE,
+                 seed: int = 0):
         super().__init__()
         if class_means not in ("exemplar", "exact"):
             raise HeadError(f"class_means must be 'exemplar' or 'exact', got {class_means!r}")
@@ -66,11 +69,6 @@ class NMEHead(Head):
         self.memory_ = ExemplarMemory(memory)
         self.pools_ = ClassPools(pool_size, seed)
         self._means: np.ndarray | None = None
-
-    @property
-    def mergeable(self) -> bool:
-        """Exact class means are sums over rows, so models of disjoint rows merge exactly."""
-        return self.class_means == "exact"
 
     def settings(self) -> dict[str, Any]:
         return {"memory": self.memory, "class_means": self.class_means, "pool_size": self.pool_size, "seed": self.seed}

@@ -12,17 +12,26 @@ loop over features. :class:`FastLinearHead` puts it behind the head interface.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Hashable, Sequence
 
 import numpy as np
-from scipy.linalg.blas import dger
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
+from pipeline.heads.defaults import LR_DEFAULT_TEXT, default_lr
 from pipeline.heads.registry import Capabilities, Option, register
 
 _P_MIN, _P_MAX = 1e-15, 1 - 1e-15
+
+
+@functools.cache
+def _dger() -> Any:
+    """BLAS' rank-1 update, imported when a head first learns (scipy.linalg takes ~0.5 s to import)."""
+    from scipy.linalg.blas import dger
+
+    return dger
 
 
 def _sigmoid(raw: np.ndarray) -> np.ndarray:
@@ -61,15 +70,19 @@ def _log_gradient_one(raw: float, positive: bool) -> float:
 class OnlineLinearModel:
     """The numeric state and updates; classes are column indices 0..K-1 in arrival order."""
 
-    def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float = 0.01, l2: float = 0.0,
+    def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float | None = 0.01, l2: float = 0.0,
                  scale: bool = True, intercept_lr: float | None = None, beta_1: float = 0.9,
                  beta_2: float = 0.999, eps: float = 1e-8, clip_gradient: float = 1e12):
         if kind not in ("logreg", "softmax"):
             raise HeadError(f"unknown linear model {kind!r}; expected logreg or softmax")
         if optimizer not in ("sgd", "adam"):
             raise HeadError(f"unknown optimizer {optimizer!r}; expected sgd or adam")
-        self.kind, self.optimizer, self.lr, self.l2, self.scale = kind, optimizer, float(lr), float(l2), scale
-        self.intercept_lr = float(lr if intercept_lr is None else intercept_lr)
+        # lr=None: the default rule (pipeline.heads.defaults), applied once the feature count is known
+        self.kind, self.optimizer, self.l2, self.scale = kind, optimizer, float(l2), scale
+        self.lr: float | None = None if lr is None else float(lr)
+        self.intercept_lr: float | None = intercept_lr if intercept_lr is None else float(intercept_lr)
+        if self.lr is not None and self.intercept_lr is None:
+            self.intercept_lr = self.lr
         self.beta_1, self.beta_2, self.eps, self.clip = beta_1, beta_2, eps, clip_gradient
         self.n_classes = 0
         self.dim: int | None = None  # the arrays below are sized by _init on the first rows
@@ -82,6 +95,10 @@ class OnlineLinearModel:
     # -- state -----------------------------------------------------------------
     def _init(self, dim: int) -> None:
         self.dim = dim
+        if self.lr is None:
+            self.lr = default_lr(self.optimizer, dim)
+        if self.intercept_lr is None:
+            self.intercept_lr = self.lr
         self.W = np.zeros((0, dim))
         self.b = np.zeros(0)
         self.t = np.zeros(0, np.int64)
@@ -95,6 +112,12 @@ class OnlineLinearModel:
         if self.M is None or self.V is None:
             raise HeadError(f"the {self.optimizer} optimizer keeps no Adam moments")
         return self.M, self.V
+
+    def _rates(self) -> tuple[float, float]:
+        """(lr, intercept_lr), which exist from ``_init`` on."""
+        if self.lr is None or self.intercept_lr is None:
+            raise HeadError("the learning rate is set by the first rows; none has been seen")
+        return self.lr, self.intercept_lr
 
     def _append_rows(self, W: np.ndarray, b: np.ndarray, t: np.ndarray, M: np.ndarray, V: np.ndarray) -> None:
         self.W = np.vstack([self.W, W])
@@ -177,7 +200,7 @@ class OnlineLinearModel:
             self._init(X.shape[1])
         preds = np.full(len(X), -1, np.int64) if predict else None
         sgd = self.optimizer == "sgd"
-        lr, l2, ilr, clip = self.lr, self.l2, self.intercept_lr, self.clip
+        (lr, ilr), l2, clip = self._rates(), self.l2, self.clip
         b1, b2, eps = self.beta_1, self.beta_2, self.eps
         softmax = self.kind == "softmax"
         for r in range(len(X)):
@@ -232,7 +255,7 @@ class OnlineLinearModel:
         """SGD on every class row: W -= lr * (g z^T + l2 W), as one in-place BLAS rank-1 update."""
         if l2:
             self.W *= 1.0 - lr * l2
-        dger(-lr, z, g, a=self.W.T, overwrite_a=1)  # W.T is a Fortran-ordered view: updated in place
+        _dger()(-lr, z, g, a=self.W.T, overwrite_a=1)  # W.T is a Fortran-ordered view: updated in place
         self.t += 1
 
     def _scratch(self) -> np.ndarray:
@@ -296,29 +319,18 @@ class OnlineLinearModel:
         G = lg.T @ Z / len(Z)
         if self.l2:
             G += self.l2 * self.W
-        self.b -= self.intercept_lr * lg.mean(axis=0)
-        self._step(G, self.optimizer == "sgd", self.lr, self.beta_1, self.beta_2, self.eps)
-
-
-def default_lr(optimizer: str, n_features: int | None) -> float:
-    """Learning rate for standardised features, measured on real pooled CNN features.
-
-    With standardised inputs ``|x|^2`` is about the dimension D, so an SGD step
-    of ``1/D`` moves the margin by about one unit: on MobileNet features it was
-    the best of a grid at both D=256 and D=1280 (README, "Choosing defaults").
-    Adam is scale-free per coordinate; 3e-4 was best at both.
-    """
-    if optimizer == "adam":
-        return 3e-4
-    return 1.0 / n_features if n_features else 1e-3
+        lr, ilr = self._rates()
+        self.b -= ilr * lg.mean(axis=0)
+        self._step(G, self.optimizer == "sgd", lr, self.beta_1, self.beta_2, self.eps)
 
 
 ENGINES = ("numpy", "river")
+SGD_IS_SEQUENTIAL = "SGD: every update starts from the weights the previous row left"
 LINEAR_OPTIONS = (
     Option("engine", str, "numpy", "numpy: fast estimators with River's exact math; river: River's own estimators",
            choices=ENGINES),
     Option("optimizer", str, "sgd", "optimizer", choices=("sgd", "adam")),
-    Option("lr", float, None, "learning rate [default: 1/feature_dim for sgd, 3e-4 for adam]", low=0.0, low_open=True),
+    Option("lr", float, None, f"learning rate [default: {LR_DEFAULT_TEXT}]", low=0.0, low_open=True),
     Option("l2", float, 0.0, "L2 penalty", low=0.0),
     Option("scale", bool, True, "StandardScaler before the linear model (--no-scale to drop it)",
            flag="--scale/--no-scale"),
@@ -330,7 +342,7 @@ BATCH_OPTION = Option("batch_size", int, None, "mini-batches of N rows (River le
 class FastLinearHead(Head):
     """``logreg`` / ``softmax`` on :class:`OnlineLinearModel` (``--engine numpy``, the default)."""
 
-    def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float = 0.01, l2: float = 0.0,
+    def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float | None = None, l2: float = 0.0,
                  scale: bool = True, batch_size: int | None = None):
         super().__init__()
         self.name = self.kind = kind
@@ -344,10 +356,10 @@ class FastLinearHead(Head):
     def build(cls, n_features: int | None = None, **options: Any) -> Head:
         """The numpy engine, or River's own estimators with ``engine="river"``."""
         engine = options.pop("engine")
-        if options.get("lr") is None:
+        if options.get("lr") is None:  # else None: set by the first rows, the same rule
             options["lr"] = default_lr(options["optimizer"], n_features)
         if engine == "river":
-            from pipeline.heads.river_linear import RiverLinearHead
+            from pipeline.heads.river_engine import RiverLinearHead
 
             head: Head = RiverLinearHead(cls.name, **options)
             head.capabilities = cls.capabilities
@@ -397,9 +409,10 @@ class LogRegHead(FastLinearHead):
     name = "logreg"
     summary = "River logistic regression (one-vs-rest beyond two classes)"
     options = (*LINEAR_OPTIONS, BATCH_OPTION)
-    capabilities = Capabilities(row_by_row=True, engines=ENGINES, class_incremental="grows a classifier per new class")
+    capabilities = Capabilities(row_by_row=True, engines=ENGINES, class_incremental="grows a classifier per new class",
+                                sequential=SGD_IS_SEQUENTIAL)
 
-    def __init__(self, optimizer: str = "sgd", lr: float = 0.01, l2: float = 0.0, scale: bool = True,
+    def __init__(self, optimizer: str = "sgd", lr: float | None = None, l2: float = 0.0, scale: bool = True,
                  batch_size: int | None = None):
         super().__init__("logreg", optimizer, lr, l2, scale, batch_size)
 
@@ -411,7 +424,8 @@ class SoftmaxHead(FastLinearHead):
     name = "softmax"
     summary = "River softmax regression"
     options = LINEAR_OPTIONS
-    capabilities = Capabilities(row_by_row=True, engines=ENGINES, class_incremental="grows a row per new class")
+    capabilities = Capabilities(row_by_row=True, engines=ENGINES, class_incremental="grows a row per new class",
+                                sequential=SGD_IS_SEQUENTIAL)
 
-    def __init__(self, optimizer: str = "sgd", lr: float = 0.01, l2: float = 0.0, scale: bool = True):
+    def __init__(self, optimizer: str = "sgd", lr: float | None = None, l2: float = 0.0, scale: bool = True):
         super().__init__("softmax", optimizer, lr, l2, scale)

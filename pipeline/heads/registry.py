@@ -13,8 +13,9 @@ A head module decorates its class with :func:`register`::
 :func:`make_head` validates options against the declaration (an unknown or
 misplaced option is a :class:`HeadError` that names it), the CLI builds
 ``--head`` and the head options from it, and the check suite
-(:mod:`pipeline.heads.checks`) picks checks by capability. Adding a head means
-writing its module and adding it to :data:`HEAD_MODULES`.
+(:mod:`pipeline.heads.checks`) picks checks by capability, and model files may
+hold every registered class (:func:`pipeline.state_codec.allowed_class`). Adding
+a head means writing its module and adding it to :data:`HEAD_MODULES`.
 """
 
 from __future__ import annotations
@@ -69,8 +70,13 @@ class Option:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         kind = "an integer" if self.type is int else "a finite number"
-        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
-        hi = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        def num(v: float) -> str:
+            return f"{int(v):,}" if self.type is int else f"{v:g}"
+
+        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {num(self.low)}"
+        # a bound that only guards against overflow (2**31 - 1 and above) is not worth saying
+        hi = ("" if self.high is None or self.high >= 2**31 - 1
+              else f"{'<' if self.high_open else '<='} {num(self.high)}")
         bounds = " and ".join(b for b in (lo, hi) if b)
         return (kind + (f" {bounds}" if bounds else "")) + (", or auto" if self.auto else "")
 
@@ -112,7 +118,10 @@ class Capabilities:
     - ``order_free``: the result depends only on the rows, not their order,
       chunking or task split (sums), so it cannot forget and replay is useless.
     - ``mergeable``: ``head.merge(other)`` equals training on both models' rows.
+    - ``mergeable_when``: options under which it is (``(("class_means", "exact"),)``) when not always.
+    - ``sequential``: why the head cannot be split across workers (help text for errors), when it cannot.
     - ``keeps_exemplars``: the head keeps its own exemplar memory (``--replay`` would add nothing).
+    - ``keeps_exemplars_when``: option values with which it does (``(("method", ("er", "icarl")),)``).
     - ``row_by_row``: progressive validation predicts every row before learning it.
     - ``mini_batches``: the head trains by gradient steps on mini-batches of its
       ``batch_size`` option, over ``default_epochs`` passes of each task unless
@@ -123,7 +132,10 @@ class Capabilities:
 
     order_free: bool = False
     mergeable: bool = False
+    mergeable_when: tuple[tuple[str, Any], ...] = ()
+    sequential: str = ""
     keeps_exemplars: bool = False
+    keeps_exemplars_when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     row_by_row: bool = False
     mini_batches: bool = False
     default_epochs: int = 1
@@ -143,6 +155,30 @@ def register(cls: type["Head"]) -> type["Head"]:
         raise TypeError(f"two heads are called {cls.name!r}: {_HEADS[cls.name].__name__} and {cls.__name__}")
     _HEADS[cls.name] = cls
     return cls
+
+
+def mergeable_text() -> str:
+    """The heads that merge exactly, spelled for an error message: ``slda, ridge, nme --class-means exact``."""
+    always = [name for name, cls in heads().items() if cls.capabilities.mergeable]
+    sometimes = []
+    for name, cls in heads().items():
+        if not cls.capabilities.mergeable and cls.capabilities.mergeable_when:
+            flags = {o.name: o.cli_flag for o in cls.options}
+            sometimes.append(" ".join([name, *(f"{flags.get(k, k)} {v}" for k, v in cls.capabilities.mergeable_when)]))
+    return ", ".join(always + sometimes)
+
+
+def registered_classes() -> dict[str, type]:
+    """Class path -> class: every registered head and the classes its state holds (its ``state_classes``).
+
+    The model-file codec allows these (:func:`pipeline.state_codec.allowed_class`), so registering a head
+    is all it takes for its model files to save and load.
+    """
+    out: dict[str, type] = {}
+    for cls in heads().values():
+        for member in (cls, *getattr(cls, "state_classes", ())):
+            out[f"{member.__module__}.{member.__qualname__}"] = member
+    return out
 
 
 def heads() -> dict[str, type["Head"]]:

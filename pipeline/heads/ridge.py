@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
 
 from pipeline.errors import HeadError
 from pipeline.heads.registry import Capabilities, Option, register
@@ -101,6 +100,8 @@ class RidgeHead(StatisticsHead):
         return float(grid[best]), {"lambda": grid.tolist(), "gcv": scores}
 
     def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
+        from scipy.linalg import cho_factor, cho_solve  # ~0.5 s to import: not at start-up
+
         st = self._fitted_stats()
         gram, xty, mu = self._targets()
         lam = self.gcv_lambda()[0] if self.ridge_lambda == "auto" else float(self.ridge_lambda)

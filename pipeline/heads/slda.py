@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import softmax_rows
@@ -70,6 +69,8 @@ class SLDAHead(StatisticsHead):
         return shrunk, s
 
     def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
+        from scipy.linalg import cho_factor, cho_solve  # ~0.5 s to import: not at start-up
+
         cov, s = self.covariance_()
         st = self._fitted_stats()
         try:

@@ -127,15 +127,65 @@ def _entries(root: Path, files: list[Path], labels: list[str | None], problems: 
     return ImageSource(root, layout, paths, labels, classes, notes or [], issues)
 
 
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "eval"})
+
+
+def _holds_images(folder: Path) -> bool:
+    try:
+        return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir() if not _hidden(f.name))
+    except OSError:
+        return False
+
+
+def _looks_like_a_data_set(folder: Path) -> str | None:
+    """How ``folder`` (taken for a class folder) shows it holds classes itself, or None.
+
+    Its sub-folders hold images (``folder/<class>/*.jpg``), or its files are named like Kaggle's
+    (``cat.1.jpg``, ``dog.2.jpg``: two labels or more).
+    """
+    try:
+        entries = [e for e in folder.iterdir() if not _hidden(e.name)]
+    except OSError:
+        return None
+    nested = sorted(e.name for e in entries if e.is_dir() and not e.is_symlink() and _holds_images(e))
+    if len(nested) >= 2:
+        shown = ", ".join(record_path(n) for n in nested[:4]) + (", ..." if len(nested) > 4 else "")
+        return f"its images are in folders {shown}"
+    kaggle = sorted({lab for e in entries if e.suffix.lower() in IMAGE_EXTENSIONS
+                     and (lab := kaggle_label(record_path(e.name))) is not None})
+    if len(kaggle) >= 2:
+        shown = ", ".join(kaggle[:4]) + (", ..." if len(kaggle) > 4 else "")
+        return f"its images are named by class ({shown}: Kaggle's layout)"
+    return None
+
+
+def _check_not_a_parent(root: Path, class_dirs: list[Path]) -> list[str]:
+    """Refuse the folder above a data set (one "class" that holds the classes); warn on split folders."""
+    if len(class_dirs) == 1 and (why := _looks_like_a_data_set(class_dirs[0])) is not None:
+        name = record_path(class_dirs[0].name)
+        raise SourceError(f"{root} holds a single folder, {name}/, and {why}: every image would get the one class "
+                          f"{name!r}; point at {class_dirs[0]} instead")
+    splits = [d for d in class_dirs if d.name.lower() in SPLIT_NAMES and _looks_like_a_data_set(d) is not None]
+    if splits:
+        names = ", ".join(record_path(d.name) for d in splits)
+        return [f"{root}: the class folders {names} look like data-set splits holding their own classes; "
+                f"if so, point at one of them (for example {splits[0]})"]
+    return []
+
+
 def list_folder(root: Path) -> ImageSource:
-    """``ROOT/<class>/...``: every visible file below a class folder, labelled by the folder."""
+    """``ROOT/<class>/...``: every visible file below a class folder, labelled by the folder.
+
+    The folder above a data set (``ROOT/train/<class>/...`` or ``ROOT/train/cat.1.jpg``, one "class" that
+    holds the classes) is refused, naming the folder to point at.
+    """
     files: list[Path] = []
     labels: list[str | None] = []
     problems: dict[Path, str] = {}
-    notes: list[str] = []
     class_dirs = sorted(d for d in root.iterdir() if not _hidden(d.name) and d.is_dir())
     if not class_dirs:
         raise SourceError(f"{root} has no class folders (expected ROOT/<class>/<image>)")
+    notes = _check_not_a_parent(root, class_dirs)
     for d in class_dirs:
         found, issues = scan_folder(d)
         if not issues and not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in found):

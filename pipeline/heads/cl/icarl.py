@@ -22,13 +22,14 @@ import numpy as np
 
 from pipeline.heads.cl.net import forward, weighted_mean
 from pipeline.heads.cl.replay import MemoryMethod
+from pipeline.heads.defaults import DEFAULT_MEMORY, DEFAULT_POOL_SIZE
 from pipeline.heads.exemplars import l2_normalise
 
 
 class ICaRL(MemoryMethod):
     name = "icarl"
 
-    def __init__(self, memory: int = 2000, pool_size: int = 1000, seed: int = 0):
+    def __init__(self, memory: int = DEFAULT_MEMORY, pool_size: int = DEFAULT_POOL_SIZE, seed: int = 0):
         super().__init__(memory, pool_size, seed)
         self.old_params_: list[np.ndarray] | None = None
 

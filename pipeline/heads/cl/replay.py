@@ -23,13 +23,14 @@ import numpy as np
 
 from pipeline.heads.cl.base import Method
 from pipeline.heads.cl.net import cross_entropy, forward
+from pipeline.heads.defaults import DEFAULT_MEMORY, DEFAULT_POOL_SIZE
 from pipeline.heads.exemplars import ClassPools, ExemplarMemory
 
 
 class MemoryMethod(Method):
     uses_memory = True
 
-    def __init__(self, memory: int = 2000, pool_size: int = 1000, seed: int = 0):
+    def __init__(self, memory: int = DEFAULT_MEMORY, pool_size: int = DEFAULT_POOL_SIZE, seed: int = 0):
         self.memory, self.pool_size, self.seed = memory, pool_size, seed
         self.memory_ = ExemplarMemory(memory)
         self.pools_ = ClassPools(pool_size, seed)
