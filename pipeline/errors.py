@@ -39,3 +39,8 @@ class ExecutorError(PipelineError):
 
 class InteropError(PipelineError):
     """An embedding folder cannot be imported or exported (layout, columns, missing pyarrow)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (HDF5 write errors span several)."""
+    return " ".join(str(exc).split())

@@ -30,7 +30,8 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import InteropError
+from pipeline.errors import InteropError, one_line
+from pipeline.extraction.lock import output_locks
 from pipeline.identity import IDENTITY_KEYS, PROVENANCE_KEYS
 from pipeline.store import StoreWriter, atomic_path, open_store
 
@@ -98,8 +99,58 @@ def export_store(store_path: str | Path, out: str | Path, fmt: str = "npy", *, s
         raise InteropError(f"unknown export format {fmt!r}; expected npy or parquet")
     pa, pq = _pa()
     out = Path(out)
-    if out.exists() and not overwrite:
+    _check_export_target(out, overwrite)
+    with output_locks(out):
+        return _export_locked(store_path, out, fmt, shard_rows, chunk_rows, overwrite, allow_incomplete, progress,
+                              pa, pq)
+
+
+def _check_export_target(out: Path, overwrite: bool) -> None:
+    """Refuse an existing OUTPUT without --overwrite, and with it anything that is not an earlier export."""
+    resolved = out.resolve()
+    if resolved == resolved.parent or resolved == Path.cwd().resolve() or resolved == Path.home().resolve():
+        raise InteropError(f"refusing to export into {out} ({resolved}): name a new folder to create")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
         raise InteropError(f"{out} exists; pass --overwrite to replace it")
+    problem = _not_an_export(out)
+    if problem:
+        raise InteropError(f"{out} exists and is not an export ({problem}): --overwrite replaces only a folder "
+                           "that pipeline export wrote; remove it yourself or pick another name")
+
+
+def _not_an_export(folder: Path) -> str:
+    """Why ``folder`` is not what export writes (empty when it is): only img_emb/ and metadata/ holding shard
+    files, the parquet ones marked with export's schema metadata. Nothing else may be deleted by --overwrite."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "not a folder"
+    tables = []
+    for entry in folder.iterdir():
+        if entry.name not in (EMB_DIR, META_DIR) or entry.is_symlink() or not entry.is_dir():
+            return f"it holds {entry.name}"
+        for file in entry.iterdir():
+            if not re.fullmatch(rf"{entry.name}_\d+\.(npy|parquet)", file.name) or file.is_symlink() \
+                    or not file.is_file():
+                return f"it holds {entry.name}/{file.name}"
+            if file.suffix == ".parquet":
+                tables.append(file)
+    if not tables:
+        return "no parquet table of an export in it"
+    _, pq = _pa()
+    for table in tables:
+        try:
+            marked = META_KEY in (pq.read_schema(table).metadata or {})
+        except Exception:  # pyarrow raises several types for a file that is not parquet
+            marked = False
+        if not marked:
+            return f"{table.relative_to(folder)} was not written by pipeline export"
+    return ""
+
+
+def _export_locked(store_path: str | Path, out: Path, fmt: str, shard_rows: int, chunk_rows: int, overwrite: bool,
+                   allow_incomplete: bool, progress: bool, pa: Any, pq: Any) -> InteropResult:
+    _check_export_target(out, overwrite)  # again under the lock: another run may have finished meanwhile
     tmp = out.with_name(f".{out.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     with open_store(store_path, allow_incomplete) as store:
@@ -120,14 +171,23 @@ def export_store(store_path: str | Path, out: str | Path, fmt: str = "npy", *, s
             for k in range(n_shards):
                 start, stop = k * shard_rows, min((k + 1) * shard_rows, store.n_rows)
                 _export_shard(store, tmp, fmt, k, n_shards, start, stop, chunk_rows, classes, schema, pa, pq, bar)
+        except OSError as exc:
+            bar.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(exc.errno, f"writing {out} failed ({exc.strerror or one_line(exc)}); nothing was "
+                          "written: free disk space and rerun") from None
         except BaseException:
             bar.close()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         bar.close()
         rows = store.n_rows
-    _fsync_tree(tmp)
-    _replace_dir(tmp, out, overwrite)
+    try:
+        _fsync_tree(tmp)
+        _replace_dir(tmp, out, overwrite)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InteropError(f"writing {out} failed ({exc.strerror or exc}); free disk space and rerun") from None
     return InteropResult(out, rows, n_shards, dim, dtype.name, classes)
 
 
@@ -257,14 +317,34 @@ def _batches(source: _Source, columns: list[str], chunk_rows: int, pq: Any) -> I
                 row += batch.num_rows
 
 
-def _embeddings_of(batch: Any, column: str, path: Path, pa: Any) -> np.ndarray:
+def _embeddings_of(batch: Any, column: str, path: Path, pa: Any, first_row: int = 0) -> np.ndarray:
+    """The batch's embedding column as (rows, dim); a missing, ragged or null-holding row is refused by number."""
+    import pyarrow.compute as pc
+
     col = batch.column(column)
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
         raise InteropError(f"{path}: column {column!r} is {col.type}, not a list of floats")
-    values = col.flatten().to_numpy(zero_copy_only=False)
-    if len(col) and (col.null_count or len(values) % len(col)):
-        raise InteropError(f"{path}: column {column!r} has missing or ragged embeddings")
-    return values.reshape(len(col), -1 if len(col) else 0)
+    if len(col) == 0:
+        return np.zeros((0, 0), np.float32)
+    if col.null_count:
+        bad = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InteropError(f"{path}: row {first_row + bad} has no embedding (null in column {column!r})")
+    if pa.types.is_fixed_size_list(col.type):
+        dim = int(col.type.list_size)
+    else:
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        dim = int(lengths[0])
+        if (lengths != dim).any():
+            bad = int(np.flatnonzero(lengths != dim)[0])
+            raise InteropError(f"{path}: row {first_row + bad} has a {int(lengths[bad])}-value embedding, row "
+                               f"{first_row} has {dim}; every row must have the same length (ragged {column!r})")
+    flat = col.flatten()
+    if flat.null_count:
+        bad = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InteropError(f"{path}: row {first_row + bad // max(dim, 1)} holds a null value inside its "
+                           f"embedding (column {column!r}); fill or drop it before importing")
+    values = flat.to_numpy(zero_copy_only=False)
+    return values.reshape(len(col), dim)
 
 
 def _read_meta(source: _Source, pq: Any) -> tuple[dict[str, Any], list[str]]:
@@ -313,12 +393,12 @@ def _store_dtype(dtype: np.dtype, path: Path, notes: list[str]) -> str:
 
 def _rows(source: _Source, columns: list[str], chunk_rows: int, label_col: str | None, path_col: str | None,
           embedding_column: str, index: dict[str, int], pa: Any, pq: Any
-          ) -> Iterator[tuple[Path, np.ndarray, np.ndarray, list[str]]]:
-    """Yield (embedding file, features, label indices, paths) for each non-empty batch."""
+          ) -> Iterator[tuple[Path, int, np.ndarray, np.ndarray, list[str]]]:
+    """Yield (embedding file, first row in it, features, label indices, paths) for each non-empty batch."""
     for i, row, batch, X in _batches(source, columns, chunk_rows, pq):
         emb_path = source.embeddings[i]
         if X is None:
-            X = _embeddings_of(batch, embedding_column, emb_path, pa)
+            X = _embeddings_of(batch, embedding_column, emb_path, pa, row)
         if len(X) == 0:
             continue
         labels = np.full(len(X), -1, np.int32)
@@ -327,7 +407,7 @@ def _rows(source: _Source, columns: list[str], chunk_rows: int, label_col: str |
             labels[:] = [index.get(str(v), -1) if v is not None and v != "" else -1 for v in values]
         paths = ([str(p) for p in batch.column(path_col).to_pylist()] if path_col is not None
                  else [f"{emb_path.name}:{row + j}" for j in range(len(X))])
-        yield emb_path, X, labels, paths
+        yield emb_path, row, X, labels, paths
 
 
 def import_embeddings(src: str | Path, out: str | Path, *, label_column: str | None = None,
@@ -343,6 +423,16 @@ def import_embeddings(src: str | Path, out: str | Path, *, label_column: str | N
     src, out = Path(src), Path(out)
     if out.exists() and not overwrite:
         raise InteropError(f"{out} exists; pass --overwrite to replace it")
+    with output_locks(out):
+        if out.exists() and not overwrite:  # again under the lock: another import may have just finished
+            raise InteropError(f"{out} exists; pass --overwrite to replace it")
+        return _import_locked(src, out, label_column, path_column, backbone_name, embedding_column, chunk_rows,
+                              progress, pa, pq)
+
+
+def _import_locked(src: Path, out: Path, label_column: str | None, path_column: str | None,
+                   backbone_name: str | None, embedding_column: str, chunk_rows: int, progress: bool,
+                   pa: Any, pq: Any) -> InteropResult:
     source = _find_source(src)
     meta, names = _read_meta(source, pq)
     label_col = _pick_column(label_column, "label", names, "label", src)
@@ -374,14 +464,15 @@ def import_embeddings(src: str | Path, out: str | Path, *, label_column: str | N
     try:
         with atomic_path(out) as tmp:
             try:
-                for emb_path, X, labels, paths in _rows(source, columns, chunk_rows, label_col, path_col,
+                for emb_path, row, X, labels, paths in _rows(source, columns, chunk_rows, label_col, path_col,
                                                         embedding_column, index, pa, pq):
                     if writer is None:
                         result.feature_dim, result.dtype = X.shape[1], _store_dtype(X.dtype, emb_path, result.notes)
                         writer = StoreWriter(tmp, attrs, result.feature_dim, result.dtype)
                     if X.shape[1] != result.feature_dim:
-                        raise InteropError(f"{emb_path} has {X.shape[1]}-d embeddings; earlier files "
-                                           f"have {result.feature_dim}")
+                        where = "earlier files" if row == 0 else f"its rows before row {row}"
+                        raise InteropError(f"{emb_path} has {X.shape[1]}-d embeddings; {where} have "
+                                           f"{result.feature_dim}")
                     writer.append(np.asarray(X, dtype=result.dtype), labels, paths)
                     bar.update(len(X))
                 if writer is None:
@@ -390,8 +481,11 @@ def import_embeddings(src: str | Path, out: str | Path, *, label_column: str | N
                 writer.close(complete=True)
             except BaseException:
                 if writer is not None:
-                    writer.close()  # before atomic_path removes the temporary file
+                    writer.abort()  # before atomic_path removes the temporary file
                 raise
+    except (OSError, RuntimeError) as exc:  # a full disk: h5py raises RuntimeError with errno 28
+        raise InteropError(f"writing {out} failed ({one_line(exc)}); nothing was written: free disk space and "
+                           "rerun") from None
     finally:
         bar.close()
     result.files, result.classes = len(source.embeddings), classes

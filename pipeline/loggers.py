@@ -13,10 +13,13 @@ written and a warning says how to get the event files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from pipeline.loop import Plugin
 
@@ -57,6 +60,9 @@ class RunLogger(Plugin):
 
     A fresh run starts a new CSV; a run continuing an interrupted one (``--resume``) keeps the points
     logged up to its checkpoint and goes on from there.
+
+    Logs never stop training: when a write fails (a full disk), logging stops, ``failure`` says why, and
+    the run goes on (its model is saved); the caller reports ``failure`` at the end.
     """
 
     def __init__(self, log_dir: Path, tensorboard: bool = True):
@@ -66,11 +72,47 @@ class RunLogger(Plugin):
         self.writer: Any = None
         self.points = self.matrix_rows = 0
         self.n_tasks = 0
+        self.failure: str | None = None
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        if self.failure is not None:
+            return
+        try:
+            action()
+        except (OSError, RuntimeError) as exc:
+            reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+            where = getattr(exc, "filename", None) or self.log_dir
+            self.failure = f"writing the logs in {self.log_dir} failed ({where}: {reason}); they stop there"
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Close the log files after a failed write without raising: their descriptors are pointed at an
+        anonymous in-memory file first (Linux), so the pending writes, fsyncs and tensorboardX's exit handler
+        succeed into nothing."""
+        root = str(self.log_dir.resolve()) + os.sep
+        if sys.platform.startswith("linux") and hasattr(os, "memfd_create"):
+            with contextlib.suppress(OSError):
+                for name in os.listdir("/proc/self/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"/proc/self/fd/{name}").startswith(root):
+                            sink = os.memfd_create("discarded-log")
+                            os.dup2(sink, int(name))
+                            os.close(sink)
+        writer, fh, self.writer, self.fh = self.writer, self.fh, None, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+        if fh is not None:
+            with contextlib.suppress(Exception):
+                fh.close()
 
     def columns(self) -> list[str]:
         return CSV_COLUMNS + [f"task_{j + 1}_accuracy" for j in range(self.n_tasks)]
 
     def before_training(self, loop: "TrainingLoop") -> None:
+        self._guarded(lambda: self._start(loop))
+
+    def _start(self, loop: "TrainingLoop") -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.n_tasks = len(loop.tasks) if loop.incremental else 0
         path = self.log_dir / CSV_NAME
@@ -88,24 +130,32 @@ class RunLogger(Plugin):
             self.writer = summary_writer(self.log_dir, loop.state.rows + 1 if resumed else None)
 
     def after_chunk(self, loop: "TrainingLoop", chunk: Any, preds: Any) -> None:
-        self._write_new(loop)
+        self._guarded(lambda: self._write_new(loop))
 
     def after_task(self, loop: "TrainingLoop", task: int) -> None:
-        self._write_new(loop)
+        self._guarded(lambda: self._write_new(loop))
 
     def after_training(self, loop: "TrainingLoop", metrics: dict[str, Any]) -> None:
-        self._write_new(loop)
+        self._guarded(lambda: self._write_new(loop))
+        self._guarded(lambda: self._summary(loop, metrics))
+        self.close()
+
+    def _summary(self, loop: "TrainingLoop", metrics: dict[str, Any]) -> None:
         if self.writer is not None:
             for key in ("final_accuracy", "average_incremental_accuracy", "forgetting", "joint_accuracy"):
                 if metrics.get(key) is not None:
                     self.writer.add_scalar(f"summary/{key}", metrics[key], loop.state.rows)
-        self.close()
 
     def on_interrupt(self, loop: "TrainingLoop", consistent: bool) -> None:
-        self._write_new(loop)
+        self._guarded(lambda: self._write_new(loop))
         self.close()
 
     def close(self) -> None:
+        self._guarded(self._close)
+        if self.failure is not None:
+            self._abandon()
+
+    def _close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None

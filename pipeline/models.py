@@ -99,7 +99,7 @@ def save_model(model: TrainedModel, path: str | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_container(path, document, arrays, blobs)
     except (OSError, RuntimeError) as exc:  # h5py-style RuntimeError carries errno 28 too
-        reason = getattr(exc, "strerror", None) or str(exc)
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
         raise ModelFileError(f"cannot save the model to {path}: {reason}; "
                              + ("the previous file is unchanged" if path.exists() else "nothing was written")) from None
 

@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pipeline.errors import ModelFileError, OptionError
+from pipeline.errors import ModelFileError, OptionError, PipelineError
+from pipeline.extraction.lock import output_locks
 from pipeline.heads import head_class, heads, make_head
 from pipeline.heads.defaults import DEFAULT_HEAD
 from pipeline.heads.registry import mergeable_text, readers
@@ -120,89 +121,93 @@ def run_training(stores: Sequence[Path], *, head: str | None = None, head_option
         model_out = resume
     incremental = increment is not None or tasks is not None
     _check_contradictions(holdout, test_stores, checkpoint_every, model_out, incremental, replay, no_joint)
-    given = dict(head_options or {})
-    model = load_model(resume, trust_pickle=trust_pickle) if resume is not None else None
-    if model is not None and head is not None and head != model.head_name:
-        raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
-    head = model.head_name if model is not None else head or DEFAULT_HEAD
-    given, replay_opts = _split_head_options(head, given, replay)
-    if model is not None:
-        _check_resumed_settings(model, given)
-    elif "seed" in {o.name for o in head_class(head).options}:
-        given.setdefault("seed", seed)
-    epochs = nums["epochs"] or head_class(head).capabilities.default_epochs
-
-    train_stream, scan = open_checked(stores, "training stores", allow_incomplete=allow_incomplete,
-                                      chunk_rows=chunk_rows, holdout=holdout, split="train" if holdout else "all",
-                                      shuffle_buffer=shuffle_buffer, seed=seed)
-    test_stream: FeatureStream | None = None
-    try:
-        if scan.labelled - scan.heldout == 0:
-            raise OptionError(f"--holdout {holdout} leaves no labelled row to learn from")
-        if holdout and scan.heldout == 0:
-            raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
-        _refuse_one_class(scan, model, stores)
-        if test_stores:
-            test_stream = open_checked(test_stores, "test stores", allow_incomplete=allow_incomplete,
-                                       chunk_rows=chunk_rows)[0]
-        elif holdout:
-            test_stream = train_stream.with_options(split="test", shuffle_buffer=0)
-        echo(f"{scan.rows} rows in {len(train_stream.stores)} store(s), {len(scan.class_counts)} classes, "
-             f"{train_stream.feature_dim}-d features from {train_stream.meta.get('backbone')}"
-             + (f"; {scan.unlabelled} unlabelled rows skipped" if scan.unlabelled else ""))
+    with output_locks(model_out, metrics_out, log_dir, plot):  # a second run on one output is refused
+        given = dict(head_options or {})
+        model = load_model(resume, trust_pickle=trust_pickle) if resume is not None else None
+        if model is not None and head is not None and head != model.head_name:
+            raise OptionError(f"--head {head} does not match the resumed model's head ({model.head_name})")
+        head = model.head_name if model is not None else head or DEFAULT_HEAD
+        given, replay_opts = _split_head_options(head, given, replay)
         if model is not None:
-            check_model_fits(model, train_stream, "the training stores")
-            echo(f"resuming {model.head_name} from {resume}: {model.head.rows_seen_} rows seen, "
-                 f"{len(model.classes)} classes")
-        else:
-            model = TrainedModel(make_head(head, n_features=train_stream.feature_dim, **given), head,
-                                 {**backbone_metadata(train_stream.meta), "feature_dim": train_stream.feature_dim})
-        fitted = model
+            _check_resumed_settings(model, given)
+        elif "seed" in {o.name for o in head_class(head).options}:
+            given.setdefault("seed", seed)
+        epochs = nums["epochs"] or head_class(head).capabilities.default_epochs
 
-        def fresh() -> Any:
-            return make_head(fitted.head_name, n_features=train_stream.feature_dim, **fitted.head.settings())
+        train_stream, scan = open_checked(stores, "training stores", allow_incomplete=allow_incomplete,
+                                          chunk_rows=chunk_rows, holdout=holdout, split="train" if holdout else "all",
+                                          shuffle_buffer=shuffle_buffer, seed=seed)
+        test_stream: FeatureStream | None = None
+        try:
+            if scan.labelled - scan.heldout == 0:
+                raise OptionError(f"--holdout {holdout} leaves no labelled row to learn from")
+            if holdout and scan.heldout == 0:
+                raise OptionError(f"--holdout {holdout} leaves no row to evaluate on")
+            _refuse_one_class(scan, model, stores)
+            if test_stores:
+                test_stream = open_checked(test_stores, "test stores", allow_incomplete=allow_incomplete,
+                                           chunk_rows=chunk_rows)[0]
+            elif holdout:
+                test_stream = train_stream.with_options(split="test", shuffle_buffer=0)
+            echo(f"{scan.rows} rows in {len(train_stream.stores)} store(s), {len(scan.class_counts)} classes, "
+                 f"{train_stream.feature_dim}-d features from {train_stream.meta.get('backbone')}"
+                 + (f"; {scan.unlabelled} unlabelled rows skipped" if scan.unlabelled else ""))
+            if model is not None:
+                check_model_fits(model, train_stream, "the training stores")
+                echo(f"resuming {model.head_name} from {resume}: {model.head.rows_seen_} rows seen, "
+                     f"{len(model.classes)} classes")
+            else:
+                model = TrainedModel(make_head(head, n_features=train_stream.feature_dim, **given), head,
+                                     {**backbone_metadata(train_stream.meta), "feature_dim": train_stream.feature_dim})
+            fitted = model
 
-        order = [c.strip() for c in class_order.split(",")] if class_order is not None else None
-        task_list = make_tasks(train_stream.classes, increment, tasks, order,
-                               seed if order_seed is None else order_seed, first_increment)
-        if task_list is not None and test_stream is None:
-            raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
-        opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                            auto_points=not eval_every and (plot is not None or log_dir is not None
-                                                            or report is not None),
-                            model_out=model_out, tasks=task_list, joint_reference=not no_joint, replay=replay,
-                            replay_memory=replay_opts.get("memory", TrainOptions.replay_memory),
-                            pool_size=replay_opts.get("pool_size", TrainOptions.pool_size), seed=seed, progress=not quiet,
-                            log_dir=log_dir)
-        if executor == "local":
-            metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
-        else:  # mergeable heads only: map rows to workers, reduce with the heads' exact merge
-            from pipeline.parallel_train import check_parallel, open_executor, train_parallel
+            def fresh() -> Any:
+                return make_head(fitted.head_name, n_features=train_stream.feature_dim, **fitted.head.settings())
 
-            check_parallel(model.head_name, model.head, opts)
-            with open_executor(executor, workers, progress=not quiet) as pool:
-                metrics = train_parallel(model, train_stream, test_stream, opts, pool, log=echo)
-        add_sources(metrics, stores, test_stores, holdout)
-        if metrics_out is not None:
-            write_json(metrics, metrics_out)
-        if plot is not None:
-            from pipeline.plots import confusion_path, plot_accuracy_matrix, plot_confusion, plot_learning_curve
+            order = [c.strip() for c in class_order.split(",")] if class_order is not None else None
+            task_list = make_tasks(train_stream.classes, increment, tasks, order,
+                                   seed if order_seed is None else order_seed, first_increment)
+            if task_list is not None and test_stream is None:
+                raise OptionError("a class-incremental run needs held-out data: pass --holdout or --test")
+            opts = TrainOptions(epochs=epochs, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                                auto_points=not eval_every and (plot is not None or log_dir is not None
+                                                                or report is not None),
+                                model_out=model_out, tasks=task_list, joint_reference=not no_joint, replay=replay,
+                                replay_memory=replay_opts.get("memory", TrainOptions.replay_memory),
+                                pool_size=replay_opts.get("pool_size", TrainOptions.pool_size), seed=seed, progress=not quiet,
+                                log_dir=log_dir)
+            if executor == "local":
+                metrics = train(model, train_stream, test_stream, opts, make_fresh_head=fresh, log=echo)
+            else:  # mergeable heads only: map rows to workers, reduce with the heads' exact merge
+                from pipeline.parallel_train import check_parallel, open_executor, train_parallel
 
-            (plot_accuracy_matrix if task_list else plot_learning_curve)(metrics, plot)
-            if metrics["heldout"].get("rows"):
-                plot_confusion(metrics, confusion_path(plot))
-        if report is not None:
-            from pipeline.report import write_report
+                check_parallel(model.head_name, model.head, opts)
+                with open_executor(executor, workers, progress=not quiet) as pool:
+                    metrics = train_parallel(model, train_stream, test_stream, opts, pool, log=echo)
+            add_sources(metrics, stores, test_stores, holdout)
+            if metrics_out is not None:
+                write_json(metrics, metrics_out)
+            if plot is not None:
+                from pipeline.plots import confusion_path, plot_accuracy_matrix, plot_confusion, plot_learning_curve
 
-            names = ", ".join(Path(p).name for p in stores)
-            write_report(report, {**model.summary(), **metrics}, head=model.head, test=test_stream,
-                         title=f"train-incremental: {model.head_name} on {names}")
-        out(summary(metrics, model_out) + (f"\nreport written to {report}" if report is not None else ""))
-    finally:
-        train_stream.close()
-        if test_stream is not None:
-            test_stream.close()
-    return metrics
+                (plot_accuracy_matrix if task_list else plot_learning_curve)(metrics, plot)
+                if metrics["heldout"].get("rows"):
+                    plot_confusion(metrics, confusion_path(plot))
+            if report is not None:
+                from pipeline.report import write_report
+
+                names = ", ".join(Path(p).name for p in stores)
+                write_report(report, {**model.summary(), **metrics}, head=model.head, test=test_stream,
+                             title=f"train-incremental: {model.head_name} on {names}")
+            out(summary(metrics, model_out) + (f"\nreport written to {report}" if report is not None else ""))
+            if metrics.get("log_failure"):
+                kept = f"the model was saved to {model_out}" if model_out is not None else "no --model-out was given"
+                raise PipelineError(f"{metrics['log_failure']}; training finished and {kept}")
+        finally:
+            train_stream.close()
+            if test_stream is not None:
+                test_stream.close()
+        return metrics
 
 
 def _refuse_one_class(scan: StoreScan, model: TrainedModel | None, stores: Sequence[Path]) -> None:
@@ -246,6 +251,15 @@ def run_orders(orders: int, *, seed: int = 0, order_seed: int | None = None, met
     saved to ``model_out``; ``plot`` and ``log_dir`` get one file / folder per order (``NAME.order-K.png``,
     ``DIR/order-K``), and so does ``report``.
     """
+    with output_locks(model_out, metrics_out, log_dir):
+        return _run_orders_locked(orders, seed=seed, order_seed=order_seed, metrics_out=metrics_out, plot=plot,
+                                  model_out=model_out, log_dir=log_dir, report=report, quiet=quiet, echo=echo, out=out,
+                                  **options)
+
+
+def _run_orders_locked(orders: int, *, seed: int, order_seed: int | None, metrics_out: Path | None,
+                       plot: Path | None, model_out: Path | None, log_dir: Path | None, report: Path | None,
+                       quiet: bool, echo: Echo, out: Echo, **options: Any) -> dict[str, Any]:
     from pipeline.train import distinct_orders
 
     base = seed if order_seed is None else order_seed
@@ -376,6 +390,13 @@ def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.
                    allow_incomplete: bool = False, out: Echo = print, trust_pickle: bool = False,
                    report: Path | None = None) -> dict[str, Any]:
     holdout = check_run_options({"holdout": holdout})["holdout"]
+    with output_locks(metrics_out):
+        return _evaluate_locked(model_path, stores, holdout, metrics_out, allow_incomplete, out, trust_pickle, report)
+
+
+def _evaluate_locked(model_path: Path, stores: Sequence[Path], holdout: float, metrics_out: Path | None,
+                     allow_incomplete: bool, out: Echo, trust_pickle: bool,
+                     report: Path | None) -> dict[str, Any]:
     model = load_model(model_path, trust_pickle=trust_pickle)
     stream, scan = open_checked(stores, "stores", allow_incomplete=allow_incomplete, holdout=holdout,
                                 split="test" if holdout else "all")
@@ -463,6 +484,11 @@ def run_merge(paths: Sequence[Path], output: Path, out: Echo = print, trust_pick
     """Merge saved slda / ridge models trained on disjoint data into one."""
     if len(paths) < 2:
         raise OptionError("merge needs at least two models")
+    with output_locks(output):
+        return _merge_locked(paths, output, out, trust_pickle)
+
+
+def _merge_locked(paths: Sequence[Path], output: Path, out: Echo, trust_pickle: bool) -> TrainedModel:
     models = [load_model(p, trust_pickle=trust_pickle) for p in paths]
     first = models[0]
     if not first.head.mergeable:
@@ -498,7 +524,8 @@ def _refuse_overlap(paths: Sequence[Path], models: list[TrainedModel]) -> None:
 
 def run_migration(source: Path, output: Path, trust_pickle: bool = False, out: Echo = print) -> TrainedModel:
     """Rewrite a model file (a version-1 pickle included) in the current, data-only format."""
-    model = migrate_model(source, output, trust_pickle=trust_pickle)
+    with output_locks(output):
+        model = migrate_model(source, output, trust_pickle=trust_pickle)
     out(f"wrote {output}: {model.head_name} model, {len(model.classes)} classes, {model.head.rows_seen_} rows seen"
         + ("; its River estimators are still stored as a pickle (--engine river has no data-only form), "
            "so loading it needs --trust-pickle" if model.needs_pickle else "; it holds only data"))

@@ -14,7 +14,9 @@ This module never imports Keras or River.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -57,6 +59,45 @@ def _from_attr(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _link_problem(file: h5py.File, name: str) -> str:
+    """Why ``file[name]`` is not data held in the file itself: "missing", a link leaving the file (external
+    or soft link), a virtual dataset or one stored in external raw files; "" when it is a plain object.
+
+    Links are looked at without following them, so a link loop or a dangling link is reported, not entered.
+    """
+    group: Any = file
+    parts = name.split("/")
+    for k, part in enumerate(parts):
+        try:
+            link = group.get(part, getlink=True)
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            return f"cannot be read ({exc})"
+        if link is None:
+            return "missing"
+        if isinstance(link, h5py.ExternalLink):
+            return f"is an external link to {link.filename}:{link.path}"
+        if isinstance(link, h5py.SoftLink):
+            return f"is a soft link to {link.path}"
+        if not isinstance(link, h5py.HardLink):
+            return f"is a {type(link).__name__}"
+        try:
+            obj = group[part]
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            return f"cannot be read ({exc})"
+        last = k == len(parts) - 1
+        if isinstance(obj, h5py.Dataset):
+            if not last or name == "skipped":
+                return "is a dataset where a group was expected"
+            if obj.is_virtual:
+                return "is a virtual dataset (its data lies in other files)"
+            if obj.external:
+                return "is stored in external raw files"
+        elif last and name != "skipped":
+            return "is a group, not a dataset"
+        group = obj
+    return ""
 
 
 class StoreWriter:
@@ -116,20 +157,45 @@ class StoreWriter:
             self.abort()
 
     def abort(self) -> None:
-        """Close the file after a failure (before it is removed), never raising."""
-        try:
-            if self.file.id.valid:
-                self.file.close()
-        except Exception:  # the write already failed; the file is discarded
-            pass
+        """Close the file after a failure (it is being discarded), never raising.
+
+        A full disk leaves HDF5 holding data it cannot flush: its close fails, the
+        file stays open in the library, and freeing it later (garbage collection,
+        interpreter exit) crashed the process. As the file is discarded anyway, its
+        descriptor is first pointed at ``/dev/null``: the pending writes then succeed
+        into nothing and the close completes.
+        """
+        file_id = self.file.id
+        if not file_id.valid:
+            return
+        with contextlib.suppress(Exception):
+            fd = file_id.get_vfd_handle()
+            if isinstance(fd, int) and fd >= 0:
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, fd)
+                finally:
+                    os.close(null)
+        for close in (self.file.close, file_id.close):  # a close that failed once needs a second, low-level one
+            try:
+                close()
+            except Exception:  # the write already failed; the file is discarded
+                pass
+            if not file_id.valid:
+                break
 
     def close(self, complete: bool = False) -> None:
+        """Finish the file (``complete`` marks the store done); a failure to flush it aborts it and raises."""
         if not self.file.id.valid:
             return
-        self.file.attrs["skipped_count"] = int(self.skipped_paths.shape[0])
-        self.file.attrs["complete"] = bool(complete)
-        self.file.flush()
-        self.file.close()
+        try:
+            self.file.attrs["skipped_count"] = int(self.skipped_paths.shape[0])
+            self.file.attrs["complete"] = bool(complete)
+            self.file.flush()
+            self.file.close()
+        except BaseException:
+            self.abort()
+            raise
 
 
 class FeatureStore:
@@ -169,10 +235,14 @@ class FeatureStore:
             self._file.close()
             raise StoreError(f"{self.path} has store format version {version}; this tool reads up to {FORMAT_VERSION}")
         self.meta: dict[str, Any] = {key: _from_attr(value) for key, value in attrs.items()}
-        for name in ("features", "labels", "paths"):
-            if name not in self._file:
+        for name in ("features", "labels", "paths", "skipped", "skipped/paths", "skipped/reasons"):
+            problem = _link_problem(self._file, name)
+            if problem and (not name.startswith("skipped") or problem != "missing"):
                 self._file.close()
-                raise StoreError(f"{self.path} lacks the dataset {name!r}")
+                if problem == "missing":
+                    raise StoreError(f"{self.path} lacks the dataset {name!r}")
+                raise StoreError(f"{self.path} is not a plain feature store: {name!r} {problem}; refused (a store's "
+                                 "data must lie in the file itself)")
         self.n_rows = int(self.meta["rows_done"])
         feats = self._file["features"]
         if feats.shape[0] < self.n_rows or self._file["labels"].shape[0] < self.n_rows:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline.errors import StoreError
+from pipeline.errors import StoreError, one_line
 from pipeline.fsutil import WRITE_ERRORS, atomic_path
 from pipeline.identity import identity_of
 from pipeline.store_protocol import Rows, Store
@@ -59,7 +59,7 @@ def write_manifest(folder: Path, data: dict[str, Any]) -> None:
             tmp.write_text(json.dumps({"format": PARTS_FORMAT, "format_version": PARTS_VERSION, **data},
                                       indent=1, sort_keys=True))
     except WRITE_ERRORS as exc:
-        raise StoreError(f"writing {folder / MANIFEST} failed ({exc}); free disk space and rerun the same "
+        raise StoreError(f"writing {folder / MANIFEST} failed ({one_line(exc)}); free disk space and rerun the same "
                          "command to continue") from None
 
 
@@ -72,14 +72,43 @@ def find_parts(path: Path) -> Path | None:
     return None
 
 
+def _count(value: Any, folder: Path, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StoreError(f"{folder / MANIFEST}: {what} is {value!r}; expected a count (an integer >= 0)")
+    return value
+
+
+def _checked_shards(folder: Path, manifest: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """The shard names and row counts of a manifest, each a plain file inside ``folder`` (no path may leave it)."""
+    listed = manifest.get("shards", [])
+    if not isinstance(listed, list):
+        raise StoreError(f"{folder / MANIFEST}: 'shards' is {type(listed).__name__}; expected a list")
+    names, rows = [], []
+    root = folder.resolve()
+    for k, entry in enumerate(listed):
+        if not isinstance(entry, dict) or "name" not in entry or "rows" not in entry:
+            raise StoreError(f"{folder / MANIFEST}: shard {k} is {str(entry)[:80]!r}; expected "
+                             '{"name": FILE, "rows": COUNT}')
+        name = entry["name"]
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or "\0" in name \
+                or name in (".", ".."):
+            raise StoreError(f"{folder / MANIFEST}: shard {k} is named {name!r}; expected a file name inside "
+                             f"{folder} (no folder, no '..', no absolute path)")
+        target = (folder / name).resolve()
+        if target.parent != root:
+            raise StoreError(f"{folder / MANIFEST}: shard {name!r} leads to {target}, outside {folder}; refused")
+        names.append(name)
+        rows.append(_count(entry["rows"], folder, f"the rows of shard {name!r}"))
+    return names, rows
+
+
 class PartsStore:
     """The shards of a ``--no-merge`` extraction, read as one store (same interface as FeatureStore)."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any], open_shard: Callable[[Path], Store]):
         self.path = folder
         self._open_shard = open_shard
-        self.shards: list[str] = [s["name"] for s in manifest.get("shards", [])]
-        rows = [int(s["rows"]) for s in manifest.get("shards", [])]
+        self.shards, rows = _checked_shards(folder, manifest)
         self.offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).tolist()
         self.n_rows = int(self.offsets[-1])
         self.complete = bool(manifest.get("complete"))
@@ -89,7 +118,7 @@ class PartsStore:
         first = self._shard(0)
         self.meta: dict[str, Any] = {k: v for k, v in first.meta.items() if k not in ("file_start", "file_stop")}
         self.meta.update(rows_done=self.n_rows, complete=self.complete,
-                         skipped_count=int(manifest.get("skipped_count", 0)))
+                         skipped_count=_count(manifest.get("skipped_count", 0), folder, "skipped_count"))
         self.feature_dim = first.feature_dim
         self.classes = first.classes
 

@@ -147,10 +147,13 @@ def train(model: TrainedModel, train_stream: FeatureStream, test_stream: Feature
     loop = TrainingLoop(model, train_stream, state, tasks=opts.tasks, epochs=opts.epochs, plugins=plugins,
                         progress=opts.progress, log=log, learn_task=learn_task, executor=executor)
     try:
-        return loop.run()
+        metrics = loop.run()
     finally:
         if logger is not None:
             logger.close()
+    if logger is not None and logger.failure is not None:
+        metrics["log_failure"] = logger.failure  # the run itself is whole: the caller reports it last
+    return metrics
 
 
 def make_tasks(classes: list[str], increment: int | None = None, spec: str | None = None,

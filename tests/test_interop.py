@@ -179,3 +179,29 @@ def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch):
     store = make_blobs_store(tmp_path / "s.h5", 10, 4, ["x", "y"])
     with pytest.raises(InteropError, match=r"pip install 'incremental-pipeline\[interop\]'"):
         export_store(store, tmp_path / "emb", progress=False)
+
+
+@pytest.mark.parametrize("column, message", [
+    (pa.array([[1.0, 2.0], [1.0, 2.0], [1.0], [1.0, 2.0, 3.0]], pa.list_(pa.float32())),
+     "row 2 has a 1-value embedding, row 0 has 2"),
+    (pa.array([[1.0, 2.0], [1.0, None], [3.0, 4.0]], pa.list_(pa.float32())), "row 1 holds a null value"),
+    (pa.array([[1.0, 2.0], [3.0, 4.0], None], pa.list_(pa.float32())), "row 2 has no embedding"),
+    (pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0, 3.0, None], pa.float32()), 2), "row 1 holds a null value"),
+], ids=["ragged", "null-inside", "null-row", "fixed-size-null"])
+def test_import_refuses_ragged_or_null_embeddings_naming_the_first_bad_row(tmp_path, column, message):
+    (tmp_path / "emb").mkdir()
+    labels = ["a", "b", "a", "b"][:len(column)]
+    pq.write_table(pa.table({"label": labels, "embedding": column}), tmp_path / "emb" / "part_0.parquet")
+    out = tmp_path / "s.h5"
+    result = invoke("import", tmp_path / "emb", "-o", out, "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_ragged_embeddings_across_batches_of_one_file_are_refused(tmp_path):
+    (tmp_path / "emb").mkdir()
+    column = pa.array([[1.0, 2.0]] * 3 + [[1.0]] * 2, pa.list_(pa.float32()))
+    pq.write_table(pa.table({"embedding": column}), tmp_path / "emb" / "part_0.parquet", row_group_size=3)
+    with pytest.raises(InteropError, match="1-d embeddings; its rows before row 3 have 2"):
+        import_embeddings(tmp_path / "emb", tmp_path / "s.h5", progress=False)

@@ -205,3 +205,53 @@ def test_cli_reports_bad_shards_cleanly(tmp_path):
     result = CliRunner().invoke(main, ["extract-features", str(tmp_path / "bad.tar"), "-o", str(tmp_path / "o.h5")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "not an uncompressed tar shard" in result.output, result.output
+
+
+def test_duplicate_members_are_recorded_as_skipped_with_a_reason(tmp_path):
+    if not DVC.is_dir():
+        pytest.skip(f"needs the photos in {DVC}")
+    shard = tmp_path / "dup.tar"
+    a, b = photo("cat", 1).read_bytes(), photo("dog", 2).read_bytes()
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("k1.jpg", a), ("k1.cls", b"0"), ("k1.jpg", b), ("k2.jpg", a), ("k3.png", b),
+                           ("k3.jpg", a), ("K4.jpg", a), ("K4.JPG", b)):
+            _add(tar, name, data)
+    src = list_images(shard)
+    assert src.paths == ["dup.tar:k1", "dup.tar:k2", "dup.tar:k3", "dup.tar:K4",
+                         "dup.tar:k1#k1.jpg", "dup.tar:k3#k3.png", "dup.tar:K4#K4.JPG"]
+    assert sorted(src.problems) == [4, 5, 6]
+    assert "duplicate member k1.jpg in sample k1" in src.problems[4]
+    assert "second image k3.png in sample k3 (its k3.jpg is used)" in src.problems[5]
+    assert "duplicate member K4.JPG" in src.problems[6]
+    first = src.decode(0, SIZE)
+    assert isinstance(first, np.ndarray)
+    np.testing.assert_array_equal(first, try_decode(photo("cat", 1), SIZE))  # the first k1.jpg is kept
+
+
+def test_a_tar_truncated_inside_a_label_keeps_the_samples_before(tmp_path):
+    if not DVC.is_dir():
+        pytest.skip(f"needs the photos in {DVC}")
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w") as tar:
+        for i in range(3):
+            _add(tar, f"s{i}.jpg", photo("cat", i).read_bytes())
+            _add(tar, f"s{i}.cls", b"0" * 600)
+    data = whole.read_bytes()
+    with tarfile.open(whole) as tar:
+        cut = next(m for m in tar.getmembers() if m.name == "s2.cls").offset_data + 100
+    (tmp_path / "cut.tar").write_bytes(data[:cut])
+    with pytest.warns(UserWarning, match="damaged after 3 samples"):
+        src = list_images(tmp_path / "cut.tar")
+    assert src.paths[:2] == ["cut.tar:s0", "cut.tar:s1"] and src.labels[:2] == ["0" * 600] * 2
+    assert isinstance(src.decode(0, SIZE), np.ndarray)
+
+
+def test_a_huge_brace_pattern_is_refused_before_it_is_expanded(tmp_path):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(SourceError, match="names up to 10,000,000 shards; at most 100,000"):
+        list_images(f"{tmp_path}/x-{{0..9999999}}.tar", layout="webdataset")
+    with pytest.raises(SourceError, match="names up to"):
+        list_images(f"{tmp_path}/x-{{0..9999}}-{{a,b,c,d,e,f,g,h,i,j,k}}.tar", layout="webdataset")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing was expanded

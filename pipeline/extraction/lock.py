@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -47,8 +49,69 @@ def output_lock(out: Path) -> Iterator[Path]:
     except OSError:  # a full disk: the lock holds without the pid
         pass
     try:
+        remove_stale_temporaries(out)
         yield path
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove ``OUT.<pid>.<hex>.tmp`` / ``OUT.<pid>.tmp`` files that earlier, killed runs left.
+
+    Called with the lock held: no other run of ``out`` is alive, so every such
+    file belongs to a dead writer (this process's own, if any, are kept).
+    """
+    pattern = re.compile(re.escape(out.name) + r"\.(\d+)(?:\.[0-9a-f]+)?\.tmp")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out.parent if str(out.parent) else "."):
+            match = pattern.fullmatch(entry.name)
+            if match and int(match.group(1)) != os.getpid() and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+_held: dict[Path, int] = {}
+_held_guard = threading.Lock()
+
+
+def _covered(path: Path) -> bool:
+    return any(path == held or held in path.parents for held in _held)
+
+
+@contextlib.contextmanager
+def output_locks(*outs: Path | None) -> Iterator[None]:
+    """Hold :func:`output_lock` of every output given (``None`` skipped, each path once) for a command.
+
+    Outputs that this process already holds through ``output_locks`` (or that lie
+    inside a folder it holds, such as ``--log-dir DIR/order-2``) are not locked
+    again: a command that calls another one keeps its locks.
+    """
+    paths: list[Path] = []
+    for out in outs:
+        if out is None:
+            continue
+        path = Path(os.path.abspath(out))
+        with _held_guard:
+            if _covered(path) or path in paths:
+                continue
+        paths.append(path)
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(output_lock(path))
+            with _held_guard:
+                _held[path] = _held.get(path, 0) + 1
+            stack.callback(_release, path)
+        yield
+
+
+def _release(path: Path) -> None:
+    with _held_guard:
+        _held[path] -= 1
+        if not _held[path]:
+            del _held[path]

@@ -18,7 +18,9 @@ Records are named ``SHARD.tar:KEY`` (shard relative to the source root).
 from __future__ import annotations
 
 import io
+import itertools
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +39,38 @@ MAX_LABEL_BYTES = 4096
 _COMPRESSED = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4")
 
 
+MAX_SHARDS = 100_000  # a brace pattern naming more is refused before it is expanded
+
+
 def is_brace_pattern(text: str) -> bool:
     return "{" in text and "}" in text
+
+
+_RANGE = re.compile(r"\{(-?\d+|[A-Za-z])\.\.(-?\d+|[A-Za-z])(?:\.\.(-?\d+))?\}")
+
+
+def brace_count_bound(text: str) -> int:
+    """An upper bound of the names a brace pattern expands to, computed without expanding it.
+
+    Each ``{a..b[..step]}`` counts its length, each other ``{x,y,...}`` group its commas + 1 (a nested
+    group counts again: an overestimate, never an underestimate).
+    """
+    bound = 1
+    for match in _RANGE.finditer(text):
+        a, b, step = match.groups()
+        lo, hi = (int(a), int(b)) if a.lstrip("-").isdigit() and b.lstrip("-").isdigit() else (ord(a[0]), ord(b[0]))
+        bound *= abs(hi - lo) // max(1, abs(int(step or 1))) + 1
+    depth, commas = 0, [0]
+    for ch in _RANGE.sub("", text):
+        if ch == "{":
+            depth += 1
+            commas.append(0)
+        elif ch == "}" and depth:
+            depth -= 1
+            bound *= commas.pop() + 1
+        elif ch == "," and depth:
+            commas[-1] += 1
+    return bound
 
 
 def expand_shards(source: str | Path) -> list[Path]:
@@ -47,7 +79,13 @@ def expand_shards(source: str | Path) -> list[Path]:
     if is_brace_pattern(text):
         from braceexpand import braceexpand
 
-        shards = [Path(p) for p in braceexpand(text)]
+        bound = brace_count_bound(text)
+        if bound > MAX_SHARDS:
+            raise SourceError(f"{text} names up to {bound:,} shards; at most {MAX_SHARDS:,} can be read in one run "
+                              "(split the pattern)")
+        shards = [Path(p) for p in itertools.islice(braceexpand(text), MAX_SHARDS + 1)]
+        if len(shards) > MAX_SHARDS:
+            raise SourceError(f"{text} names more than {MAX_SHARDS:,} shards (split the pattern)")
         missing = [str(p) for p in shards if not p.exists()]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -165,8 +203,14 @@ def _label(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str | None:
 
 
 def _read_shard(tar_path: Path, label_key: str | None) -> tuple[list[tuple[str, int, int, str | None, str | None]], list[str]]:
-    """(key, offset, size, label, problem) of each sample of one shard, in tar order; and warnings."""
+    """(key, offset, size, label, problem) of each sample of one shard, in tar order; and warnings.
+
+    A member that repeats a sample's extension (``k1.jpg`` twice, ``K4.JPG`` after ``K4.jpg``) or a second
+    image of one sample (``k3.png`` beside ``k3.jpg``) is not dropped silently: it becomes a skipped row named
+    ``KEY#MEMBER`` with its reason, after the samples of the shard.
+    """
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+    extra: list[tuple[str, int, int, str | None, str | None]] = []
     notes: list[str] = []
     try:
         with open_regular(tar_path) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
@@ -174,21 +218,40 @@ def _read_shard(tar_path: Path, label_key: str | None) -> tuple[list[tuple[str, 
                 for member in tar:
                     if member.isfile():
                         key, ext = _split(member.name)
-                        if ext:
-                            samples.setdefault(key, {})[ext] = member
+                        if not ext:
+                            continue
+                        parts = samples.setdefault(key, {})
+                        first = parts.get(ext)
+                        image = next((parts[k] for k in IMAGE_KEYS if k in parts), None)
+                        if first is not None:
+                            extra.append((f"{key}#{member.name}", -1, 0, None,
+                                          f"duplicate member {member.name} in sample {key} (its {first.name} is used)"))
+                        elif ext in IMAGE_KEYS and image is not None:  # keep the preferred one, skip the other
+                            used, dropped = image, member
+                            if IMAGE_KEYS.index(ext) < IMAGE_KEYS.index(_split(image.name)[1]):
+                                used, dropped = member, image
+                                del parts[_split(image.name)[1]]
+                                parts[ext] = member
+                            extra.append((f"{key}#{dropped.name}", -1, 0, None,
+                                          f"second image {dropped.name} in sample {key} (its {used.name} is used)"))
+                        else:
+                            parts[ext] = member
             except tarfile.TarError as exc:
                 notes.append(f"{tar_path}: the tar is damaged after {len(samples)} samples ({exc}); the rest is ignored")
             rows = [_sample(tar, key, parts, label_key) for key, parts in samples.items()]
     except tarfile.ReadError as exc:
         raise SourceError(f"{tar_path} is not an uncompressed tar shard ({exc}); compressed shards cannot be read "
                           "by position: decompress them first") from None
-    return rows, notes
+    return rows + extra, notes
 
 
 def _sample(tar: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo],
             label_key: str | None) -> tuple[str, int, int, str | None, str | None]:
     label_member = parts.get(label_key.lower()) if label_key else next((parts[k] for k in LABEL_KEYS if k in parts), None)
-    label = _label(tar, label_member) if label_member is not None else None
+    try:
+        label = _label(tar, label_member) if label_member is not None else None
+    except (tarfile.TarError, OSError, EOFError) as exc:  # a shard damaged inside the label member
+        return key, -1, 0, None, f"label member {label_member.name if label_member else ''} cannot be read ({exc})"
     image = next((parts[k] for k in IMAGE_KEYS if k in parts), None)
     if image is None:
         return key, -1, 0, label, f"sample without an image member (found: {', '.join(sorted(parts))})"
