@@ -47,7 +47,12 @@ def test_an_old_model_loads_and_predicts_what_it_did(name):
     want = EXPECTED[name]
     rows = _rows()
     assert [str(c) for c in model.classes] == want["classes"]
-    assert model.head.settings() == want["settings"]
+    settings, expected = model.head.settings(), dict(want["settings"])
+    if settings.get("method") not in (None, "ewc"):
+        # ewc_lambda's default changed on purpose (issue 24: Fisher normalised, default 1e5 -> 1); other methods
+        # never read it and show the current default.
+        expected.pop("ewc_lambda", None), settings.pop("ewc_lambda", None)
+    assert settings == expected
     assert [str(p) for p in model.head.predict(rows.X)] == want["predictions"]
     np.testing.assert_allclose(model.head.predict_proba(rows.X), np.array(want["proba"]), atol=2e-6)
 
