@@ -192,6 +192,10 @@ def make_tasks(classes: list[str], increment: int | None = None, spec: str | Non
         return tasks
     if not increment:
         return None
+    if first_increment is None and increment >= len(classes):
+        raise OptionError(f"--increment {increment} puts all {len(classes)} classes in one task; a class-incremental "
+                          "run needs at least two tasks: expected " + (f"1 to {len(classes) - 1}" if len(classes) > 1 else
+                                                                  "stores with more than one class"))
     if order is not None:
         _no_duplicates(order, "--class-order")
         unknown = sorted(set(order) - set(classes))
