@@ -302,3 +302,98 @@ def test_info_names_the_reason_once_without_an_empty_one(tmp_path):
         zf.writestr("model.json", "{bad")
     line = one_line_error(invoke("info", path), "as a model: model.json is not valid JSON")
     assert ": :" not in line
+
+
+# --- C. crafted models are validated when loaded ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A model of each kind of state (statistics, exemplars, a linear model, a network) on one store."""
+    folder = tmp_path_factory.mktemp("models")
+    store = make_blobs_store(folder / "s.h5", 60, 8, ["x", "y", "z"], seed=1)
+    out = {"store": store}
+    for head, extra in (("slda", []), ("nme", []), ("logreg", []), ("fecam", []), ("mlp", ["--hidden", "4"])):
+        out[head] = folder / f"{head}.model"
+        r = invoke("train-incremental", store, "--head", head, *extra, "--model-out", out[head], "-q")
+        assert r.exit_code == 0, r.output
+    return out
+
+
+def craft(src: Path, dst: Path, edit=None, arrays: dict[str, np.ndarray] | None = None) -> Path:
+    """A copy of model ``src`` with its model.json edited by ``edit(doc)`` and some arrays replaced."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        doc = json.loads(zin.read("model.json"))
+        if edit is not None:
+            edit(doc)
+        zout.writestr("model.json", json.dumps(doc))
+        for name in zin.namelist():
+            if name == "model.json":
+                continue
+            if arrays and name in arrays:
+                buf = io.BytesIO()
+                np.save(buf, arrays[name])
+                zout.writestr(name, buf.getvalue())
+            else:
+                zout.writestr(name, zin.read(name))
+    return dst
+
+
+def _state(doc: dict) -> dict:
+    return doc["model"]["head"]["state"]
+
+
+def _set(*keys: str, value: object):
+    def edit(doc: dict) -> None:
+        target = doc
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+    return edit
+
+
+HEAD = ("model", "head", "state")
+CRAFTED = {
+    "n_features_in_-null": ("slda", _set(*HEAD, "n_features_in_", value=None), None,
+                            "n_features_in_ is None (NoneType); expected an integer >= 1"),
+    "n_features_in_-text": ("logreg", _set(*HEAD, "n_features_in_", value="8"), None,
+                            "n_features_in_ is '8' (str); expected an integer >= 1"),
+    "rows_seen_-text": ("nme", _set(*HEAD, "rows_seen_", value="60"), None, "rows_seen_ is '60' (str)"),
+    "nested-counter-text": ("logreg", _set(*HEAD, "model_", "state", "count", value="60"), None,
+                            "head.model_.count is '60' (str)"),
+    "duplicate-classes-stats": ("slda", _set(*HEAD, "classes_", value=["x", "x", "y"]), None,
+                                "class 'x' appears twice in classes_"),
+    "duplicate-classes-exemplars": ("nme", _set(*HEAD, "classes_", value=["y", "z", "y"]), None,
+                                    "class 'y' appears twice in classes_"),
+    "class-a-dict": ("fecam", _set(*HEAD, "classes_", value=["x", {"a": 1}, "z"]), None,
+                     "classes_[1] is a dict"),
+    "stats-counts-short": ("slda", None, {"head/stats_/counts_.npy": np.array([20, 20])},
+                           "head.stats_.counts_ has shape (2,); expected (C,) with C = 3"),
+    "stats-means-text": ("slda", None, {"head/stats_/means_.npy": np.full((3, 8), "a")},
+                         "head.stats_.means_ is an array of dtype <U1"),
+    "nme-sums-short": ("nme", None, {"head/sums_.npy": np.zeros((2, 8))}, "head.sums_ has shape (2, 8)"),
+    "fecam-scatter-wrong": ("fecam", None, {"head/shifted_.npy": np.zeros((3, 8, 7))}, "shifted_ has shape (3, 8, 7)"),
+    "linear-bias-short": ("logreg", None, {"head/model_/b.npy": np.zeros(2)}, "b (2,)"),
+    "mlp-layer-wrong": ("mlp", None, {"head/params_/0.npy": np.zeros((7, 4), np.float32)},
+                        "layer 1 has weights of shapes (7, 4)"),
+    "feature_dim-text": ("slda", _set("model", "backbone", "feature_dim", value="8"), None,
+                         "backbone feature_dim is '8'"),
+    "progress-rows-text": ("slda", _set("model", "progress", "rows", value="60"), None, "progress rows is '60'"),
+    "settings-out-of-range": ("nme", _set(*HEAD, "memory", value=-5), None, "its settings do not fit nme"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_models_are_refused_when_loaded_in_one_line(tmp_path, models, case):
+    head, edit, arrays, message = CRAFTED[case]
+    path = craft(models[head], tmp_path / "crafted.model", edit, arrays)
+    for args in (["info", path], ["evaluate", path, models["store"]],
+                 ["train-incremental", models["store"], "--resume", path, "-q"]):
+        one_line_error(invoke(*args), "crafted.model", message)
+
+
+def test_the_genuine_models_load_and_their_state_checks_pass(models):
+    from pipeline.heads.state_check import check_head
+    from pipeline.models import load_model
+
+    for head in ("slda", "nme", "logreg", "fecam", "mlp"):
+        check_head(load_model(models[head]).head)
