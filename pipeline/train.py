@@ -102,7 +102,7 @@ def _start_state(model: TrainedModel, train_stream: FeatureStream, opts: TrainOp
         raise OptionError("--resume: this checkpoint is an interrupted run made with other settings; rerun with "
                           "the same ones to continue it (" + "; ".join(changed_options(previous, parts)) + ")")
     if previous.get("key") == key and not previous.get("done"):
-        state = RunState(**{"key_parts": parts, **previous})
+        state = RunState.restore(previous, key_parts=parts)
         log(f"continuing an interrupted run at task {state.task + 1}, epoch {state.epoch + 1}, "
             f"row {state.rows_in_epoch} ({state.rows} rows already learnt)")
         return state
