@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.errors import ModelFileError
 from pipeline.heads.base import Head
-from pipeline.heads.state_check import StateError, check_head
+from pipeline.heads.state_check import StateError, check_head, check_object
 from pipeline.model_format import Container, sniff, write_container
 from pipeline.state_codec import CodecError, class_name, decode, encode
 from pipeline.identity import REBUILD_KEYS, rebuild_keys_of
@@ -175,6 +175,8 @@ def _check(model: Any, path: Path) -> None:
     try:
         _check_record(model)
         check_head(model.head)
+        if model.replay is not None:  # --replay's memory: exemplars of the model's features
+            check_object(model.replay, {"C": len(model.head.classes_), "D": model.feature_dim}, "replay", set())
     except StateError as exc:
         raise ModelFileError(f"{path} holds an inconsistent model ({exc})") from None
     try:

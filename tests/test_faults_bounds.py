@@ -313,9 +313,11 @@ def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     store = make_blobs_store(folder / "s.h5", 60, 8, ["x", "y", "z"], seed=1)
     out = {"store": store}
-    for head, extra in (("slda", []), ("nme", []), ("logreg", []), ("fecam", []), ("mlp", ["--hidden", "4"])):
-        out[head] = folder / f"{head}.model"
-        r = invoke("train-incremental", store, "--head", head, *extra, "--model-out", out[head], "-q")
+    for key, head, extra in (("slda", "slda", []), ("nme", "nme", []), ("logreg", "logreg", []),
+                             ("fecam", "fecam", []), ("mlp", "mlp", ["--hidden", "4"]),
+                             ("replay", "logreg", ["--replay", "--increment", "1", "--holdout", "0.3"])):
+        out[key] = folder / f"{key}.model"
+        r = invoke("train-incremental", store, "--head", head, *extra, "--model-out", out[key], "-q")
         assert r.exit_code == 0, r.output
     return out
 
@@ -378,6 +380,8 @@ CRAFTED = {
                         "layer 1 has weights of shapes (7, 4)"),
     "feature_dim-text": ("slda", _set("model", "backbone", "feature_dim", value="8"), None,
                          "backbone feature_dim is '8'"),
+    "replay-exemplars-wrong": ("replay", None, {"replay/memory/sets/x/X.npy": np.zeros((3, 5), np.float32)},
+                               "exemplars of 'x'.X has shape (3, 5)"),
     "settings-out-of-range": ("nme", _set(*HEAD, "memory", value=-5), None, "its settings do not fit nme"),
 }
 
@@ -395,7 +399,7 @@ def test_the_genuine_models_load_and_their_state_checks_pass(models):
     from pipeline.heads.state_check import check_head
     from pipeline.models import load_model
 
-    for head in ("slda", "nme", "logreg", "fecam", "mlp"):
+    for head in ("slda", "nme", "logreg", "fecam", "mlp", "replay"):
         check_head(load_model(models[head]).head)
 
 

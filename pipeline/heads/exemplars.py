@@ -266,6 +266,8 @@ class ExperienceReplay:
     the chunk's own rows went (so progressive metrics count only new rows).
     """
 
+    state_schema = {"memory": "object"}  # pipeline.heads.state_check (with the model's feature count D)
+
     def __init__(self, budget: int = DEFAULT_MEMORY, pool_size: int = DEFAULT_POOL_SIZE, seed: int = 0):
         self.memory = ExemplarMemory(budget)
         self.pools = ClassPools(pool_size, seed)
