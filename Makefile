@@ -35,7 +35,7 @@ GPU_PY ?= 3.12
 GPU_WHEELS ?= .whl
 GPU_PHOTOS ?= .gpu_photos
 GPU_PHOTO_COUNT ?= 300
-GPU_PACKAGES ?= keras==3.15.1 namex==0.1.0 optree==0.20.0 river==0.26.1 braceexpand==0.1.7 simplejpeg==1.9.0
+GPU_PACKAGES ?= keras==3.15.1 namex==0.1.0 optree==0.20.0 river==0.26.1 braceexpand==0.1.7 simplejpeg==1.9.0 keras-hub==0.32.0
 GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64
 
