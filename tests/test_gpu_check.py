@@ -151,7 +151,7 @@ def test_extraction_on_the_gpu_machines_backends_imports_no_tensorflow(tmp_path,
     pytest.importorskip(backend)
     src = link_subset(DVC, tmp_path / "src", kaggle_names(2))
     code = ("import sys; from click.testing import CliRunner; from pipeline.cli import main; "
-            f"r = CliRunner().invoke(main, ['extract-features', {str(src)!r}, {str(tmp_path / 'f.h5')!r}, "
+            f"r = CliRunner().invoke(main, ['extract-features', {str(src)!r}, '-o', {str(tmp_path / 'f.h5')!r}, "
             f"'--backbone', 'mobilenet', '--weights', {str(WEIGHTS_025)!r}, '--alpha', '0.25', '--image-size', "
             "'128', '-q']); assert r.exit_code == 0, r.output; "
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
