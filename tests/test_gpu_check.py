@@ -133,10 +133,10 @@ def test_a_child_cut_short_still_hands_back_what_it_measured(tmp_path):
 
     child = tmp_path / "child.py"
     child.write_text("import json, time\nprint(json.dumps({'batch': {'64': 1200.0}}), flush=True)\n"
-                     "time.sleep(60)\nprint(json.dumps({'batch': {'64': 1200.0, '256': 3000.0}}))\n")
+                     "time.sleep(120)\nprint(json.dumps({'batch': {'64': 1200.0, '256': 3000.0}}))\n")
     seen: list[dict] = []
-    got = run_child([sys.executable, str(child)], timeout=5, on_json=seen.append)
-    assert got["batch"] == {"64": 1200.0} and got["error"] == "timed out after 5 s" and 4 < got["wall_s"] < 30
+    got = run_child([sys.executable, str(child)], timeout=10, on_json=seen.append)
+    assert got["batch"] == {"64": 1200.0} and got["error"] == "timed out after 10 s" and 9 < got["wall_s"] < 60
     assert [s["batch"] for s in seen] == [{"64": 1200.0}]
     failed = run_child([sys.executable, "-c", "raise SystemExit('no GPU here')"], timeout=30)
     assert failed["error"] == "no GPU here"
