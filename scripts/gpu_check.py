@@ -371,13 +371,13 @@ def plan(args: argparse.Namespace) -> list[Variant]:
         for backend in args.backends:
             out.append(Variant("backbone", bb, backend, main_prec, tuple(args.batch_sizes), limit_s=cap))
             out.append(Variant("e2e", bb, backend, main_prec, (main_batch,), args.decode_modes[0], limit_s=cap))
+    if args.gpu_decode:  # seconds: before the ViTs, or it would rarely be reached
+        out.append(Variant("gpu_decode", batch_sizes=(64, 256), limit_s=min(cap, 60.0)))
     for i, hub in enumerate(args.hub):  # the ViTs: alone at the middle batch size; the first also end to end
         for backend in args.backends:
             out.append(Variant("backbone", hub, backend, main_prec, (main_batch,), limit_s=cap))
             if i == 0:
                 out.append(Variant("e2e", hub, backend, main_prec, (main_batch,), args.decode_modes[0], limit_s=cap))
-    if args.gpu_decode:
-        out.append(Variant("gpu_decode", batch_sizes=(64, 256), limit_s=min(cap, 60.0)))
     for backend in args.backends:  # the other precisions, backbone alone, middle batch size
         for prec in args.precisions[1:]:
             for bb in args.backbones:
