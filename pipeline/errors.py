@@ -41,6 +41,10 @@ class InteropError(PipelineError):
     """An embedding folder cannot be imported or exported (layout, columns, missing pyarrow)."""
 
 
+class OutputError(PipelineError):
+    """An output file cannot be written (a full disk, no permission); the old file, if any, is unchanged."""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's text on one line (HDF5 write errors span several)."""
     return " ".join(str(exc).split())
