@@ -96,7 +96,7 @@ def commands(i: Path, out: Path) -> dict[str, tuple[Path, list[object]]]:
         "log-dir": (out / "logs", [*train, "--log-dir", out / "logs"]),
         "plot": (out / "p.png", [*train, "--plot", out / "p.png"]),
         "report": (out / "r.html", [*train, "--report", out / "r.html"]),
-        "evaluate": (out / "e.json", ["evaluate", i / "a.model", i / "a.h5", "--metrics-out", out / "e.json"]),
+        "evaluate": (out / "e.json", ["evaluate", i / "a.model", i / "b.h5", "--metrics-out", out / "e.json"]),
         "migrate": (out / "g.model", ["migrate-model", i / "a.model", "-o", out / "g.model"]),
     }
 
