@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import InteropError, one_line
+from pipeline.errors import InteropError, one_line, write_failure
 from pipeline.extraction.lock import output_locks
 from pipeline.fsutil import pause_point
 from pipeline.identity import IDENTITY_KEYS, PROVENANCE_KEYS
@@ -487,7 +487,7 @@ def _import_locked(src: Path, out: Path, label_column: str | None, path_column: 
                     writer.abort()  # before atomic_path removes the temporary file
                 raise
     except (OSError, RuntimeError) as exc:  # a full disk: h5py raises RuntimeError with errno 28
-        raise InteropError(f"writing {out} failed ({one_line(exc)}); nothing was written: free disk space and "
+        raise InteropError(f"writing {out} failed ({write_failure(exc)}); nothing was written: free disk space and "
                            "rerun") from None
     finally:
         bar.close()
