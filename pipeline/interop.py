@@ -30,9 +30,9 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import InteropError, one_line
+from pipeline.errors import InteropError, one_line, write_failure
 from pipeline.extraction.lock import output_locks
-from pipeline.fsutil import parse_json
+from pipeline.fsutil import parse_json, pause_point
 from pipeline.identity import IDENTITY_KEYS, PROVENANCE_KEYS
 from pipeline.store import StoreWriter, atomic_path, open_store
 
@@ -172,6 +172,7 @@ def _export_locked(store_path: str | Path, out: Path, fmt: str, shard_rows: int,
             for k in range(n_shards):
                 start, stop = k * shard_rows, min((k + 1) * shard_rows, store.n_rows)
                 _export_shard(store, tmp, fmt, k, n_shards, start, stop, chunk_rows, classes, schema, pa, pq, bar)
+                pause_point("export-write", tmp)
         except OSError as exc:
             bar.close()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -513,6 +514,7 @@ def _import_locked(src: Path, out: Path, label_column: str | None, path_column: 
                         raise InteropError(f"{emb_path} has {X.shape[1]}-d embeddings; {where} have "
                                            f"{result.feature_dim}")
                     writer.append(np.asarray(X, dtype=result.dtype), labels, paths)
+                    pause_point("import-write", tmp)
                     bar.update(len(X))
                 if writer is None:
                     raise InteropError(f"{src} holds no embeddings (every file is empty)")
@@ -523,7 +525,7 @@ def _import_locked(src: Path, out: Path, label_column: str | None, path_column: 
                     writer.abort()  # before atomic_path removes the temporary file
                 raise
     except (OSError, RuntimeError) as exc:  # a full disk: h5py raises RuntimeError with errno 28
-        raise InteropError(f"writing {out} failed ({one_line(exc)}); nothing was written: free disk space and "
+        raise InteropError(f"writing {out} failed ({write_failure(exc)}); nothing was written: free disk space and "
                            "rerun") from None
     finally:
         bar.close()

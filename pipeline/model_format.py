@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.errors import ModelFileError
 from pipeline.fsutil import MAX_JSON_BYTES
 from pipeline.state_codec import ARRAY_KINDS
+from pipeline.fsutil import pause_point
 from pipeline.store import atomic_path
 
 DOCUMENT = "model.json"
@@ -51,6 +52,7 @@ def write_container(path: Path, document: dict[str, Any], arrays: dict[str, np.n
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             zf.writestr(DOCUMENT, text)
+            pause_point("model-write", tmp)
             for name, arr in arrays.items():
                 with zf.open(f"{name}.npy", "w", force_zip64=arr.nbytes > (1 << 30)) as fh:
                     np.lib.format.write_array(fh, arr, allow_pickle=False)
