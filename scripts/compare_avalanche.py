@@ -182,8 +182,8 @@ def avalanche_worker(npz: Path, out: Path) -> None:
                 strategy.model.eval()
                 with torch.no_grad():
                     # (iCaRL's model in eval mode is its nearest-mean-of-exemplars classifier)
-                    out = strategy.predict(Xte) if method == "slda" else strategy.model(Xte)
-                preds.append(out.argmax(dim=1).numpy().tolist())
+                    scores = strategy.predict(Xte) if method == "slda" else strategy.model(Xte)
+                preds.append(scores.argmax(dim=1).numpy().tolist())
             results[method].append({"preds": preds, "learn_s": learn_s})
             print(f"avalanche {method} order done ({learn_s:.1f} s)", file=sys.stderr, flush=True)
     out.write_text(json.dumps(results))
