@@ -57,7 +57,9 @@ def test_grown_output_keeps_old_logits():
     after = head.logits(X)
     assert after.shape == (len(X), 3)
     np.testing.assert_array_equal(after[:, :2], before)
-    np.testing.assert_array_equal(after[:, 2], 0.0)                    # a new class starts at logit 0
+    # a new class gets a small random column (not zero: zero columns made finetune forget every old class)
+    new, limit = head.params_[-2][:, 2], 1 / np.sqrt(head.params_[-2].shape[0])
+    assert np.all(np.abs(new) <= limit) and np.count_nonzero(new) == len(new) and head.params_[-1][2] == 0.0
     np.testing.assert_array_equal(head.adam_[0][-2][:, :2], moments[-2])  # optimizer moments kept, grown
     assert head.adam_[0][-2].shape == head.params_[-2].shape
 

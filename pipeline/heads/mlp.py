@@ -184,7 +184,7 @@ class MLPHead(Head):
             self.adam_ = [[np.zeros_like(p) for p in self.params_] for _ in range(2)]
         elif self.params_[-1].shape[0] < n_out:
             params, adam = self._network()
-            self.params_ = grow_output(params, n_out)
+            self.params_ = grow_output(params, n_out, np.random.default_rng([self.seed, 3, n_out]))
             self.adam_ = [pad_like(moments, self.params_) for moments in adam]
         self.cache_.clear()
 
