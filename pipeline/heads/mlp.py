@@ -69,7 +69,7 @@ class MLPHead(Head):
                                 class_incremental="grows an output column (old logits kept)")
     state_classes = tuple(METHODS.values())  # a method is saved with the head
 
-    state_schema = {"steps_": "count", "calls_": "count", "tasks_done_": "count"}  # pipeline.heads.state_check
+    state_schema = {"steps_": "count", "output_steps_": "count", "calls_": "count", "tasks_done_": "count"}  # pipeline.heads.state_check
 
     def _check_state(self, dims: dict[str, int]) -> None:
         """Layers chained from D inputs: (D, h1), (h1,), ..., (h_k, out), (out,), with out >= 1."""
@@ -109,6 +109,7 @@ class MLPHead(Head):
         self.params_: list[np.ndarray] | None = None
         self.adam_: list[list[np.ndarray]] | None = None   # [first moments, second moments]
         self.steps_ = 0
+        self.output_steps_ = 0   # Adam steps of the output layer since it last grew (its moments restart then)
         self.calls_ = 0
         self.tasks_done_ = 0
         self.scaler_: dict[str, Any] = {"n": 0, "mean": None, "m2": None, "frozen": False}
@@ -123,6 +124,7 @@ class MLPHead(Head):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("output_steps_", state.get("steps_", 0))   # saved before the output had its own count
         self.__dict__.update(state)
 
     def settings(self) -> dict[str, Any]:
@@ -185,7 +187,11 @@ class MLPHead(Head):
         elif self.params_[-1].shape[0] < n_out:
             params, adam = self._network()
             self.params_ = grow_output(params, n_out, np.random.default_rng([self.seed, 3, n_out]))
-            self.adam_ = [pad_like(moments, self.params_) for moments in adam]
+            # the hidden layers' moments go on; the grown output layer's restart, with their own step count
+            # (as a new output layer would: keeping them cost plain finetune ~6 points, docs/continual-learning.md)
+            self.adam_ = [[*moments[:-2], np.zeros_like(self.params_[-2]), np.zeros_like(self.params_[-1])]
+                          for moments in adam]
+            self.output_steps_ = 0
         self.cache_.clear()
 
     # -- hooks ------------------------------------------------------------------------
@@ -222,7 +228,7 @@ class MLPHead(Head):
         weights, adam = self._network()
         params, m, v = (runtime.to_tensor(a) for a in (weights, *adam))
         consts = runtime.to_tensor(self.method.consts(self))
-        t = np.float32(self.steps_)
+        t = np.array([self.steps_, self.output_steps_], np.float32)
         group = len(idx) if len(idx) < GROUP else GROUP
         for g in range(0, len(idx), group):
             batch = {"x": Z[idx[g:g + group]], "y": k[idx[g:g + group]], "w": w[g:g + group]}
@@ -233,6 +239,7 @@ class MLPHead(Head):
                     batch["yr"] = drawn[1].reshape(group, self.batch_size)
             params, m, v, t = run(params, m, v, t, np.float32(self.lr), runtime.to_tensor(batch), consts)
         self.steps_ += int(np.count_nonzero(w.sum(axis=1)))
+        self.output_steps_ += int(np.count_nonzero(w.sum(axis=1)))
         self.params_ = runtime.to_numpy(params)
         self.adam_ = [runtime.to_numpy(m), runtime.to_numpy(v)]
         self.cache_.clear()
@@ -331,11 +338,12 @@ def _make_step(method: Method) -> Any:
             batch = {key: value[i] for key, value in batches.items()}
             active = ops.cast(ops.sum(batch["w"]) > 0, "float32")
             _, grads = method.loss_and_grads(ops, value_and_grad, params, batch, consts)
-            t = t + active
-            rate = active * lr * ops.sqrt(1.0 - ops.power(BETA2, t)) / (1.0 - ops.power(BETA1, ops.maximum(t, 1.0)))
+            t = t + active   # [steps of the hidden layers, steps of the output layer since it grew]
+            rates = active * lr * ops.sqrt(1.0 - ops.power(BETA2, t)) / (1.0 - ops.power(BETA1, ops.maximum(t, 1.0)))
             m = [a + active * (1.0 - BETA1) * (g - a) for a, g in zip(m, grads)]
             v = [b + active * (1.0 - BETA2) * (g * g - b) for b, g in zip(v, grads)]
-            params = [p - rate * a / (ops.sqrt(b) + EPS) for p, a, b in zip(params, m, v)]
+            out = len(params) - 2
+            params = [p - rates[int(j >= out)] * a / (ops.sqrt(b) + EPS) for j, (p, a, b) in enumerate(zip(params, m, v))]
             return params, m, v, t
 
         return ops.fori_loop(0, batches["w"].shape[0], body, (params, m, v, t))
