@@ -5,8 +5,9 @@ a linear softmax) is trained by mini-batch Adam on each chunk it receives
 (``chunk_passes`` passes over the chunk, default 1: the training loop repeats each
 task ``--epochs`` times; ``batch_size`` rows per step, the last
 batch padded with zero-weight rows so the compiled step is traced once per
-output size). The softmax output grows a zero-initialised column when a class
-arrives: old logits are unchanged at that moment.
+output size). The softmax output grows a small random column when a class
+arrives (old logits are unchanged at that moment), and the output layer's Adam
+moments restart with a step count of their own (``output_steps_``).
 
 Inputs are standardised with running statistics of the first task, frozen
 after it: later tasks then never move the inputs under the old weights, the
