@@ -13,14 +13,18 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from conftest import (DVC, ROOT, WEIGHTS_025, assert_same_store, kaggle_names, link_subset, requires_shared,
                       sigkill_after_shards)
+from pipeline.cli import main
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("keras_hub") is None,
@@ -236,7 +240,8 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(presets, tmp_path):
     sigkill_after_shards(proc, tmp_path / "killed.h5.parts", 4, timeout=240)
     assert not killed.exists(), "the run finished before it could be killed"
     subprocess.run(_cli("extract-features", str(src), "-o", str(killed), *opts), env=env, check=True, cwd=ROOT)
-    subprocess.run(_cli("extract-features", str(src), "-o", str(clean), *opts), env=env, check=True, cwd=ROOT)
+    clean_run = CliRunner().invoke(main, ["extract-features", str(src), "-o", str(clean), *opts])  # in-process
+    assert clean_run.exit_code == 0, clean_run.output
     (Xk, pk), (Xc, pc) = _read(killed), _read(clean)
     assert pk == pc and len(pk) == 600
     assert Xk.tobytes() == Xc.tobytes()
@@ -283,21 +288,34 @@ def test_other_backends_give_tensorflows_features(presets, photos, tmp_path, bac
 
 # --- predict with no option repeated ----------------------------------------------------------
 
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _run(*args: str) -> Ran:
+    """A command run in-process (no interpreter and TensorFlow start-up per command); an exception the CLI
+    did not turn into an error message is written to stderr as the command's traceback would be."""
+    r = CliRunner().invoke(main, list(args))
+    stderr = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(r.exception))
+    return Ran(r.exit_code, r.stdout, stderr)
+
+
 def _train_and_predict(tmp_path: Path, extract_opts: list[str]) -> tuple[Path, Path, list[str]]:
     src = link_subset(DVC, tmp_path / "src", kaggle_names(6))
     store, model = tmp_path / "s.h5", tmp_path / "m.model"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run(_cli("extract-features", str(src), "-o", str(store), "-q", *extract_opts), env=env, check=True,
-                   cwd=ROOT)
-    subprocess.run(_cli("train-incremental", str(store), "--head", "nme", "--model-out", str(model), "-q"), env=env,
-                   check=True, cwd=ROOT, capture_output=True)
+    for args in (["extract-features", str(src), "-o", str(store), "-q", *extract_opts],
+                 ["train-incremental", str(store), "--head", "nme", "--model-out", str(model), "-q"]):
+        done = _run(*args)
+        assert done.returncode == 0, done.stderr[-3000:]
     return src, model, [str(src / p) for p in kaggle_names(6)]
 
 
-def _predict(model: Path, files: list[str], *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(_cli("predict", str(model), *files, *extra), env=env, capture_output=True, text=True,
-                          cwd=ROOT)
+def _predict(model: Path, files: list[str], *extra: str) -> Ran:
+    return _run("predict", str(model), *files, *extra)
 
 
 def test_a_model_on_hub_features_predicts_raw_photos_with_no_option_repeated(presets, tmp_path):
