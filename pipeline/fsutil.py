@@ -1,4 +1,5 @@
-"""Writing files safely: the atomic rename every writer uses, and the errors a failed write raises.
+"""Writing files safely: the atomic rename every writer uses, and the errors a failed write raises;
+reading JSON metadata from user files within a size bound.
 
 A leaf module (standard library only), so that the store, its parts folder, the model files and the
 extraction all share one definition without importing each other.
@@ -7,12 +8,32 @@ extraction all share one definition without importing each other.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 WRITE_ERRORS = (OSError, RuntimeError)  # h5py raises RuntimeError (errno 28) for a full disk
+# JSON metadata (model.json, parts manifests, a Parquet schema's metadata, preset configs) is kilobytes;
+# parsing takes about 50 times the text's size in memory, so larger text is refused before it is parsed.
+MAX_JSON_BYTES = 64 << 20
+
+
+def parse_json(text: str | bytes, what: str, limit: int = MAX_JSON_BYTES) -> Any:
+    """``json.loads(text)``, refused with a ValueError naming ``what`` when the text exceeds ``limit`` bytes."""
+    if len(text) > limit:
+        raise ValueError(f"{what} is {len(text) / 2**20:.0f} MB; JSON metadata is at most {limit >> 20} MB")
+    return json.loads(text)
+
+
+def read_json(path: str | Path, limit: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file, its size checked before it is read (a ValueError when too large or not JSON)."""
+    size = os.stat(path).st_size
+    if size > limit:
+        raise ValueError(f"{path} is {size / 2**20:.0f} MB; JSON metadata is at most {limit >> 20} MB")
+    with open(path, "rb") as fh:
+        return json.loads(fh.read(limit + 1))
 
 
 @contextlib.contextmanager

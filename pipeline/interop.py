@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pipeline.errors import InteropError, one_line
 from pipeline.extraction.lock import output_locks
+from pipeline.fsutil import parse_json
 from pipeline.identity import IDENTITY_KEYS, PROVENANCE_KEYS
 from pipeline.store import StoreWriter, atomic_path, open_store
 
@@ -271,6 +272,9 @@ class _NpyRows:
             raise InteropError(f"{path} holds a {'Fortran-order ' if fortran else ''}array of shape {shape} "
                                f"and dtype {self.dtype}; expected C-order (rows, dim) numbers")
         self.rows, self.dim = int(shape[0]), int(shape[1])
+        if self.dim < 1 or self.dtype.kind not in "iuf":
+            raise InteropError(f"{path} holds an array of shape {shape} and dtype {self.dtype}; expected "
+                               "(rows, dim) numbers with dim >= 1")
 
     def __len__(self) -> int:
         return self.rows
@@ -343,6 +347,9 @@ def _embeddings_of(batch: Any, column: str, path: Path, pa: Any, first_row: int 
         bad = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
         raise InteropError(f"{path}: row {first_row + bad // max(dim, 1)} holds a null value inside its "
                            f"embedding (column {column!r}); fill or drop it before importing")
+    if dim < 1:
+        raise InteropError(f"{path}: row {first_row} has an empty embedding (column {column!r}); expected at least "
+                           "one value per row")
     values = flat.to_numpy(zero_copy_only=False)
     return values.reshape(len(col), dim)
 
@@ -353,7 +360,39 @@ def _read_meta(source: _Source, pq: Any) -> tuple[dict[str, Any], list[str]]:
         return {}, []
     schema = pq.read_schema(tables[0])
     raw = (schema.metadata or {}).get(META_KEY)
-    return (json.loads(raw) if raw else {}), list(schema.names)
+    return (_checked_meta(raw, tables[0]) if raw else {}), list(schema.names)
+
+
+def _checked_meta(raw: bytes, where: Path) -> dict[str, Any]:
+    """The export's own metadata (``incremental_pipeline`` in the Parquet schema), its shape checked."""
+    what = f"{where}: schema metadata {META_KEY.decode()!r}"
+    try:
+        meta = parse_json(raw, what)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InteropError(f"{what} is not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InteropError(f"{what} is a JSON {type(meta).__name__}; expected an object "
+                           "(classes, source_root, store)")
+    classes = meta.get("classes") or []
+    if not isinstance(classes, list):
+        raise InteropError(f"{what}: 'classes' is a {type(classes).__name__}; expected a list of class names")
+    for i, name in enumerate(classes):
+        if not isinstance(name, str):
+            raise InteropError(f"{what}: classes[{i}] is a {type(name).__name__}; expected a class name (text)")
+    if len(set(classes)) != len(classes):
+        twice = next(c for c in classes if classes.count(c) > 1)
+        raise InteropError(f"{what}: class {twice!r} is listed twice; class names must be unique")
+    if not isinstance(meta.get("source_root") or "", str):
+        raise InteropError(f"{what}: 'source_root' is a {type(meta['source_root']).__name__}; expected a path")
+    store = meta.get("store") or {}
+    if not isinstance(store, dict):
+        raise InteropError(f"{what}: 'store' is a {type(store).__name__}; expected an object of store attributes")
+    for key, value in store.items():
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (str, int, float, bool)) for v in items):
+            raise InteropError(f"{what}: store attribute {key!r} is {json.dumps(value)[:80]}; expected text, "
+                               "a number or a list of them")
+    return meta
 
 
 def _pick_column(given: str | None, default: str, names: list[str], what: str, src: Path) -> str | None:
