@@ -18,17 +18,9 @@ from pipeline.models import load_model
 from pipeline.parallel_train import InProcess, StreamSpec, fit_mergeable, HeadSpec, plan_partitions
 from pipeline.runs import run_training
 from pipeline.stream import FeatureStream
-from conftest import make_blobs_store, requires_shared
+from conftest import assert_same_store, make_blobs_store, requires_shared
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'incremental-pipeline[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +190,6 @@ def local_store(tmp_path_factory, extract_source, small_backbone):
 def test_ray_extraction_equals_local_bitwise_with_bad_files(ray_cluster, extract_source, local_store,
                                                             small_backbone, tmp_path):
     from pipeline.extraction import extract_features
-    from test_faults import assert_same_store
 
     out = tmp_path / "ray.h5"
     res = extract_features(extract_source, out, small_backbone.config, executor=RayExecutor(workers=2),
@@ -226,7 +217,6 @@ class KillingRayExecutor(RayExecutor):
 def test_an_actor_killed_mid_run_has_its_partition_redone(ray_cluster, extract_source, local_store,
                                                           small_backbone, tmp_path):
     from pipeline.extraction import extract_features
-    from test_faults import assert_same_store
 
     out = tmp_path / "killed.h5"
     executor = KillingRayExecutor(workers=2)
@@ -239,11 +229,8 @@ def test_an_actor_killed_mid_run_has_its_partition_redone(ray_cluster, extract_s
 @requires_shared
 def test_driver_killed_with_sigkill_resumes_to_the_same_store(extract_source, local_store, tmp_path):
     import os
-    import signal
-    import time
 
-    from conftest import WEIGHTS_025
-    from test_faults import assert_same_store
+    from conftest import WEIGHTS_025, sigkill_after_shards
 
     out, parts = tmp_path / "k.h5", tmp_path / "k.h5.parts"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -251,12 +238,7 @@ def test_driver_killed_with_sigkill_resumes_to_the_same_store(extract_source, lo
     cmd = [sys.executable, "-m", "pipeline", "extract-features", str(extract_source.root), "-o", str(out),
            *KILL_CLI, "--weights", str(WEIGHTS_025)]
     proc = subprocess.Popen([*cmd, "--executor", "ray", "--workers", "1"], env=env)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not list(parts.glob("shard-*.h5")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list(parts.glob("shard-*.h5")))
+    done = sigkill_after_shards(proc, parts, 1, timeout=240)
     assert 1 <= done < 6 and not out.exists(), f"killed with {done} of 6 shards written"
     subprocess.run(cmd, env=env, check=True)  # the same command, local executor: continues
     assert_same_store(out, local_store)
