@@ -101,7 +101,7 @@ def wrap(cls, name, progressive):
 seen = set()
 for c in heads().values():
     for klass in c.__mro__:
-        for name in ("_progressive_coefficients", "_class_factors", "progressive_fit"):
+        for name in ("_progressive_rule", "progressive_fit"):
             if name in klass.__dict__ and (klass, name) not in seen:
                 seen.add((klass, name))
                 wrap(klass, name, name == "progressive_fit")

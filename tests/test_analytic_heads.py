@@ -278,15 +278,13 @@ def test_random_projection_generated_block_by_block_equals_the_stored_matrix():
     np.testing.assert_allclose(generated, np.maximum(X @ W, 0), rtol=1e-5, atol=1e-4)
     kept = RidgeHead(random_features=2500, seed=4, ridge_lambda=1.0)
     kept.partial_fit(X, y)
-    import pipeline.heads.ridge as ridge_module
-
-    old, ridge_module.KEEP_PROJECTION_BYTES = ridge_module.KEEP_PROJECTION_BYTES, 0   # never keep it
+    old, rf.KEEP_PROJECTION_BYTES = rf.KEEP_PROJECTION_BYTES, 0   # never keep it
     try:
         unkept = RidgeHead(random_features=2500, seed=4, ridge_lambda=1.0).partial_fit(X, y)
         assert "_matrix" not in unkept.__dict__
         np.testing.assert_array_equal(unkept.predict_proba(X), kept.predict_proba(X))
     finally:
-        ridge_module.KEEP_PROJECTION_BYTES = old
+        rf.KEEP_PROJECTION_BYTES = old
     np.testing.assert_array_equal(kept.projection_, W)
 
 

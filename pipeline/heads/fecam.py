@@ -35,6 +35,7 @@ import numpy as np
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head, softmax_rows
+from pipeline.heads.progressive import BlockProgressive
 from pipeline.heads.random_features import check_memory
 from pipeline.heads.registry import Capabilities, Option, register
 
@@ -56,7 +57,7 @@ def power_transform(X: np.ndarray, power: float) -> np.ndarray:
 
 
 @register
-class FeCAMHead(Head):
+class FeCAMHead(BlockProgressive, Head):
     name = "fecam"
     summary = "FeCAM: per-class covariance, Mahalanobis distance; no forgetting"
     options = (
@@ -86,7 +87,6 @@ class FeCAMHead(Head):
         self.shifted_: np.ndarray | None = None   # (C, D, D) or (C, D): sum of (x - ref)(x - ref)^T per class
         self.version_ = 0
         self._factors: tuple[int, list[tuple[np.ndarray, np.ndarray]]] | None = None
-        self._progressive: tuple[int, int, np.ndarray, list[tuple[np.ndarray, np.ndarray]]] | None = None
 
     def settings(self) -> dict[str, Any]:
         return {"shrinkage": self.shrinkage, "power": self.power, "covariance": self.covariance,
@@ -118,9 +118,11 @@ class FeCAMHead(Head):
         return self.means_, self.refs_, self.shifted_
 
     def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        self._learn_transformed(power_transform(X, self.power), y)
+
+    def _learn_transformed(self, Z: np.ndarray, y: np.ndarray) -> None:
         ks = self._class_indices(y)
         means, refs, shifted = self._arrays()
-        Z = power_transform(X, self.power)
         for k in np.unique(ks):
             rows = Z[ks == k]
             if self.counts_[k] == 0:
@@ -205,34 +207,26 @@ class FeCAMHead(Head):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.array(self.classes_, dtype=object)[np.argmin(self.mahalanobis(X), axis=1)]
 
-    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray,
-                        paths: Sequence[str] | None = None) -> np.ndarray:
-        """Predict blocks of rows with the model of the rows before, refreshed as in the statistics heads.
+    # -- progressive validation (the loop: pipeline.heads.progressive) -------------
+    def _rows_learnt(self) -> int:
+        return int(self.counts_.sum())
 
-        The class factors are recomputed when the rows seen have doubled and grown
-        by at least D rows since the last refresh (or a class appeared), so the
-        factorisations cost a bounded share of learning; held-out evaluation is exact.
-        """
-        X = self._check_X(X)
-        y = np.asarray(y, dtype=object)
-        preds = np.full(len(X), None, dtype=object)
-        start = 0
-        while start < len(X):
-            if not self.classes_:
-                stop = min(len(X), start + 8)
-            else:
-                p, n = self._progressive, int(self.counts_.sum())
-                if p is None or n >= self._next_refresh(p[0]) or len(self.classes_) != p[1]:
-                    p = self._progressive = (n, len(self.classes_), self._arrays()[0].copy(), self._class_factors())
-                stop = min(len(X), start + max(1, self._next_refresh(p[0]) - n))
-                dist = self._distances(power_transform(X[start:stop], self.power), p[2], p[3])
-                preds[start:stop] = np.array(self.classes_[: p[1]], dtype=object)[np.argmin(dist, axis=1)]
-            self.partial_fit(X[start:stop], y[start:stop], None if paths is None else paths[start:stop])
-            start = stop
-        return preds
+    def _refresh_dim(self) -> int:
+        return self.n_features_in_ or 0
 
-    def _next_refresh(self, solved_at: int) -> int:
-        return max(2 * solved_at, solved_at + (self.n_features_in_ or 0))
+    def _progressive_rule(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        return self._arrays()[0].copy(), self._class_factors()
+
+    def _progressive_input(self, X: np.ndarray) -> np.ndarray:
+        return power_transform(X, self.power)
+
+    def _progressive_scores(self, rule: tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]],
+                            Z: np.ndarray) -> np.ndarray:
+        return -self._distances(Z, *rule)
+
+    def _progressive_learn(self, X: np.ndarray, Z: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        self._learn_transformed(Z, y)  # the block's transform, computed once for scoring and learning
+        self.rows_seen_ += len(X)
 
     # -- merging -------------------------------------------------------------------
     def merge(self, other: Self) -> Self:

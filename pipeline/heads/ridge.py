@@ -47,19 +47,17 @@ if TYPE_CHECKING:
 
 LAMBDA_GRID = np.logspace(-6, 3, 46)  # multiples of the mean eigenvalue of the Gram matrix
 PROGRESSIVE_LAMBDA = 1e-2  # progressive validation's multiple of the mean eigenvalue under --lambda auto
-KEEP_PROJECTION_BYTES = 256 * 2**20  # keep the assembled projection in memory up to this size
 
 
 @register
-class RidgeHead(StatisticsHead):
+class RidgeHead(rf.SeededProjection, StatisticsHead):
     name = "ridge"
     summary = "analytic ridge on streamed statistics (RanPAC with --random-features); no forgetting"
     options = (
         Option("ridge_lambda", float, "auto", "L2 penalty, or auto (generalised cross-validation)",
                low=0.0, low_open=True, auto=True, flag="--lambda"),
-        Option("random_features", int, None, "RanPAC random ReLU projection to M dimensions before the ridge",
-               low=1, high=1_000_000),
-        Option("seed", int, 0, "seed of the random projection", low=0, high=2**32 - 1, from_run=True),
+        rf.features_option(None, "RanPAC random ReLU projection to M dimensions before the ridge"),
+        rf.SEED_OPTION,
     )
     capabilities = Capabilities(order_free=True, mergeable=True, class_incremental="adds a column; no forgetting")
 
@@ -74,11 +72,6 @@ class RidgeHead(StatisticsHead):
     def settings(self) -> dict[str, Any]:
         return {"ridge_lambda": self.ridge_lambda, "random_features": self.random_features, "seed": self.seed}
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_matrix", None)  # regenerated from the seed
-        return state
-
     @property
     def projection_(self) -> np.ndarray | None:
         """The (d, M) random projection: stored by models saved before, else generated from the seed."""
@@ -87,15 +80,8 @@ class RidgeHead(StatisticsHead):
         stored = self.__dict__.get("projection_")
         if stored is not None:
             return stored
-        return self._kept_matrix() if self._kept_matrix() is not None else \
-            rf.projection(self.n_features_in_, self.random_features, self.seed)
-
-    def _kept_matrix(self) -> np.ndarray | None:
-        matrix = self.__dict__.get("_matrix")
-        if matrix is None and self.n_features_in_ and self.random_features \
-                and 4 * self.n_features_in_ * self.random_features <= KEEP_PROJECTION_BYTES:
-            matrix = self.__dict__["_matrix"] = rf.projection(self.n_features_in_, self.random_features, self.seed)
-        return matrix
+        kept = self._kept_projection(self.n_features_in_)
+        return kept[0] if kept is not None else rf.projection(self.n_features_in_, self.random_features, self.seed)
 
     def _features(self, X: np.ndarray) -> np.ndarray:
         if self.random_features is None:
@@ -103,7 +89,7 @@ class RidgeHead(StatisticsHead):
         stored = self.__dict__.get("projection_")
         if stored is not None:  # a model saved before: its own matrix, float64 product as then
             return np.maximum(np.asarray(X, np.float64) @ stored, 0.0)
-        return rf.project(X, self.random_features, self.seed, matrix=self._kept_matrix())
+        return self._project(X)
 
     def _stats_dim(self) -> int:
         return self.random_features or self.n_features_in_ or 0
@@ -187,9 +173,9 @@ class RidgeHead(StatisticsHead):
             W = self._cholesky_solve(lam)
         return (*self._rule(W), lam)
 
-    def _progressive_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+    def _progressive_rule(self) -> tuple[np.ndarray, np.ndarray]:
         if self.ridge_lambda != "auto":
-            return super()._progressive_coefficients()
+            return super()._progressive_rule()
         st = self._fitted_stats()
         trace = float(np.trace(st.shifted_) - (st.counts_ * ((st.means_ - st.refs_) ** 2).sum(axis=1)).sum()
                       + (st.counts_ * ((st.means_ - st.grand_mean()) ** 2).sum(axis=1)).sum())
