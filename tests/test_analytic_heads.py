@@ -255,14 +255,16 @@ def test_auto_lambda_solve_reuses_the_eigendecomposition_of_gcv(monkeypatch):
 def test_progressive_solves_are_few_and_bounded_by_the_dimension():
     X, y = data(3000, dim=20)
     head = RidgeHead()
-    calls = []
-    real = RidgeHead._cholesky_solve
+    calls, early = [], []
+    real, real_diagonal = RidgeHead._cholesky_solve, RidgeHead._diagonal_rule
     RidgeHead._cholesky_solve = lambda self, lam: calls.append(self.stats_.n) or real(self, lam)
+    RidgeHead._diagonal_rule = lambda self: early.append(self.stats_.n) or real_diagonal(self)
     try:
         preds = head.progressive_fit(X, y)
     finally:
-        RidgeHead._cholesky_solve = real
-    assert calls == [8, 28, 56, 112, 224, 448, 896, 1792]  # doubling, and at least D=20 rows apart
+        RidgeHead._cholesky_solve, RidgeHead._diagonal_rule = real, real_diagonal
+    assert early == [8, 16, 32]  # O(C D) diagonal rules until 2 D = 40 rows
+    assert calls == [40, 80, 160, 320, 640, 1280, 2560]  # then solves, doubling, at least D=20 rows apart
     assert (preds[100:] == y[100:]).mean() > 0.8
 
 
@@ -349,6 +351,27 @@ def test_fecam_equals_its_batch_computation(covariance):
         oas = OAS(assume_centered=False).fit(Z[y[:300] == c])
         assert auto.covariance_(k)[1] == pytest.approx(oas.shrinkage_, rel=1e-9)
         np.testing.assert_allclose(auto.covariance_(k)[0], oas.covariance_, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fecam_progressive_validation_predicts_with_the_diagonal_form(normalize, monkeypatch):
+    """Scoring with full covariances costs C times learning: progressive blocks use per-class variances."""
+    import scipy.linalg
+
+    from pipeline.heads.fecam import FeCAMHead
+
+    X, y = data(500)
+    X = np.abs(X)
+    factorised = []
+    real = scipy.linalg.cho_factor
+    monkeypatch.setattr(scipy.linalg, "cho_factor", lambda *a, **k: factorised.append(1) or real(*a, **k))
+    full = FeCAMHead(shrinkage="auto", normalize=normalize)
+    preds = full.progressive_fit(X, y)
+    assert factorised == []  # no full factorisation during progressive validation
+    diagonal = FeCAMHead(shrinkage="auto", normalize=normalize, covariance="diagonal")
+    np.testing.assert_array_equal(preds, diagonal.progressive_fit(X, y))
+    full.predict(X[:5])
+    assert len(factorised) == len(full.classes_)  # held-out predictions use the full rule
 
 
 def test_klda_equals_lda_on_its_random_fourier_features():

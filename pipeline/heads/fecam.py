@@ -140,44 +140,62 @@ class FeCAMHead(BlockProgressive, Head):
         d = means[k] - refs[k]
         return shifted[k] - self.counts_[k] * (np.outer(d, d) if self.full else d ** 2)
 
-    def covariance_(self, k: int) -> tuple[np.ndarray, float]:
-        """Class ``k``'s shrunk covariance (a vector of variances when diagonal) and the shrinkage used."""
+    def covariance_(self, k: int, diagonal: bool = False) -> tuple[np.ndarray, float]:
+        """Class ``k``'s shrunk covariance (a vector of variances when diagonal) and the shrinkage used.
+
+        ``diagonal=True`` gives the variances of a full-covariance head too (progressive
+        validation's rule); OAS is then computed on that diagonal.
+        """
         n = int(self.counts_[k])
-        cov = self._scatter(k) / max(n, 1)
+        if self.full and diagonal:
+            means, refs, shifted = self._arrays()
+            cov = (np.diag(shifted[k]) - n * (means[k] - refs[k]) ** 2) / max(n, 1)
+        else:
+            cov = self._scatter(k) / max(n, 1)
+        full = cov.ndim == 2
         p = cov.shape[0]
-        trace = float(np.trace(cov) if self.full else cov.sum())
+        trace = float(np.trace(cov) if full else cov.sum())
         if self.shrinkage == "auto":
             s = oas(trace, float((cov ** 2).sum()), p, n)
         else:
             s = float(self.shrinkage)
         mu = trace / p if trace > 0 else 1.0
         shrunk = (1.0 - s) * cov
-        if self.full:
+        if full:
             shrunk[np.diag_indices_from(shrunk)] += s * mu
         else:
             shrunk += s * mu
         if self.normalize:
-            sd = np.sqrt(np.maximum(np.diag(shrunk) if self.full else shrunk, 1e-300))
-            shrunk = shrunk / np.outer(sd, sd) if self.full else shrunk / sd ** 2
+            sd = np.sqrt(np.maximum(np.diag(shrunk) if full else shrunk, 1e-300))
+            shrunk = shrunk / np.outer(sd, sd) if full else shrunk / sd ** 2
         return shrunk, s
+
+    def _diagonal_factors(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per class: (standard deviations, shrinkage), from the diagonal of the covariance, O(C D)."""
+        out = []
+        for k in range(len(self.counts_)):
+            cov, s = self.covariance_(k, diagonal=True)
+            out.append((np.sqrt(np.maximum(cov, 1e-300)), np.array(s)))
+        return out
 
     def _class_factors(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per class: (Cholesky factor or standard deviations, shrinkage as an array), cached per version."""
+        if not self.full:
+            if self._factors is None or self._factors[0] != self.version_:
+                self._factors = (self.version_, self._diagonal_factors())
+            return self._factors[1]
         if self._factors is None or self._factors[0] != self.version_:
             from scipy.linalg import cho_factor  # ~0.5 s to import: not at start-up
 
             out = []
             for k in range(len(self.counts_)):
                 cov, s = self.covariance_(k)
-                if self.full:
-                    try:
-                        factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
-                    except np.linalg.LinAlgError:  # round-off left it singular: a tiny ridge
-                        cov[np.diag_indices_from(cov)] += 1e-10 * max(float(np.trace(cov)) / len(cov), 1e-12)
-                        factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
-                    out.append((np.tril(factor), np.array(s)))
-                else:
-                    out.append((np.sqrt(np.maximum(cov, 1e-300)), np.array(s)))
+                try:
+                    factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
+                except np.linalg.LinAlgError:  # round-off left it singular: a tiny ridge
+                    cov[np.diag_indices_from(cov)] += 1e-10 * max(float(np.trace(cov)) / len(cov), 1e-12)
+                    factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
+                out.append((np.tril(factor), np.array(s)))
             self._factors = (self.version_, out)
         return self._factors[1]
 
@@ -194,7 +212,7 @@ class FeCAMHead(BlockProgressive, Head):
         out = np.empty((len(Z), len(factors)))
         for k, (factor, _) in enumerate(factors):
             diff = Z - means[k]
-            if self.full:
+            if factor.ndim == 2:  # a Cholesky factor; else standard deviations
                 w = solve_triangular(factor, diff.T, lower=True, check_finite=False)
                 out[:, k] = (w ** 2).sum(axis=0)
             else:
@@ -214,8 +232,15 @@ class FeCAMHead(BlockProgressive, Head):
     def _refresh_dim(self) -> int:
         return self.n_features_in_ or 0
 
-    def _progressive_rule(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-        return self._arrays()[0].copy(), self._class_factors()
+    def _progressive_rule(self, exact: bool) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """Always the diagonal form (per-class variances, same shrinkage, power and normalisation).
+
+        Scoring a row with full covariances costs C D^2 (one triangular solve per
+        class), C/2 times what learning it costs, so progressive validation with
+        the full rule could never be a small share of training; the diagonal
+        form costs O(C D) per row. Held-out evaluation uses the full rule.
+        """
+        return self._arrays()[0].copy(), self._diagonal_factors()
 
     def _progressive_input(self, X: np.ndarray) -> np.ndarray:
         return power_transform(X, self.power)

@@ -2,12 +2,24 @@
 
 Progressive validation predicts each row before learning it. Re-solving a
 head for every chunk would cost far more than learning, so the rows are
-predicted in blocks with a rule solved from all rows before the block, and
-the rule is refreshed when the rows seen have grown by ``progressive_refresh``
-(doubled) *and* by at least ``min_refresh_gap`` rows per dimension of the
-statistics (or a class appeared): O(log rows) refreshes in all. Held-out
-evaluation is always exact; this loop only decides what the progressive
-predictions are made with.
+predicted in blocks with a rule solved from all rows before the block
+(never from the rows it predicts), refreshed when the rows seen have doubled
+or a class appeared: O(log rows) refreshes in all.
+
+Two kinds of refresh keep the cost a small share of learning (which is about
+2 D^2 operations per row for D-dimensional statistics):
+
+- *early* refreshes, while fewer than ``exact_from * D`` rows were seen,
+  solve a cheap rule from the same statistics (the heads use their
+  diagonal: per-feature variances instead of the covariance), O(C D) each;
+- *exact* refreshes, from ``exact_from * D`` rows on, solve the head's own
+  rule (a Cholesky factorisation, about D^3 / 3 operations), at least
+  ``min_refresh_gap * D`` rows apart. With ``exact_from = 2`` the first one
+  costs at most 1/12 of the learning before it, and because they double,
+  all of them together at most 1/6 of the learning up to the last one.
+
+Held-out evaluation is always exact; this loop only decides what the
+progressive predictions are made with, and each head documents its rule.
 
 A head using it says how to count its rows and dimensions, how to solve a
 rule (:meth:`_progressive_rule`, the refresh hook) and how to score rows with
@@ -25,7 +37,8 @@ class BlockProgressive:
     """Mixin for :class:`~pipeline.heads.base.Head` subclasses: ``progressive_fit`` in refreshed blocks."""
 
     progressive_refresh = 2.0
-    min_refresh_gap = 1.0  # rows per statistics dimension between two progressive solves
+    min_refresh_gap = 1.0  # rows per statistics dimension between two exact progressive solves
+    exact_from = 2.0  # rows per statistics dimension from which progressive refreshes solve the exact rule
     first_block = 8   # rows predicted with nothing learnt yet (None, counted as errors)
     # (rule, rows seen when it was solved, classes it knows); None: not solved yet
     _progressive_state: tuple[Any, int, int] | None = None
@@ -38,8 +51,11 @@ class BlockProgressive:
         """The dimension a solve is cubic in."""
         raise NotImplementedError
 
-    def _progressive_rule(self) -> Any:
-        """Solve the rule progressive validation predicts with, from the statistics learnt so far."""
+    def _progressive_rule(self, exact: bool) -> Any:
+        """Solve the rule progressive validation predicts with, from the statistics learnt so far.
+
+        ``exact=False``: an early refresh, which should cost O(C D) (see the module docstring).
+        """
         raise NotImplementedError
 
     def _progressive_input(self, X: np.ndarray) -> Any:
@@ -68,7 +84,7 @@ class BlockProgressive:
             if classes:
                 p, n = self._progressive_state, self._rows_learnt()
                 if p is None or n >= self._next_refresh(p[1]) or len(classes) != p[2]:
-                    p = self._progressive_state = (self._progressive_rule(), n, len(classes))
+                    p = self._progressive_state = (self._progressive_rule(n >= self._exact_at()), n, len(classes))
                 block = X[start:start + max(1, self._next_refresh(p[1]) - n)]
                 Z = self._progressive_input(block)
                 scores = self._progressive_scores(p[0], Z)
@@ -82,7 +98,14 @@ class BlockProgressive:
             start = stop
         return preds
 
+    def _exact_at(self) -> int:
+        """Rows seen from which progressive refreshes solve the exact rule."""
+        return int(np.ceil(self.exact_from * self._refresh_dim()))
+
     def _next_refresh(self, solved_at: int) -> int:
         """Rows seen at which progressive validation solves again, after solving at ``solved_at`` rows."""
-        gap = int(np.ceil(self.min_refresh_gap * self._refresh_dim()))
-        return max(int(np.ceil(self.progressive_refresh * solved_at)), solved_at + gap)
+        doubled = max(int(np.ceil(self.progressive_refresh * solved_at)), solved_at + 1)
+        exact_at = self._exact_at()
+        if solved_at < exact_at:  # early refreshes, up to the first exact one
+            return min(doubled, exact_at)
+        return max(doubled, solved_at + int(np.ceil(self.min_refresh_gap * self._refresh_dim())))

@@ -98,13 +98,14 @@ class RidgeHead(rf.SeededProjection, StatisticsHead):
         product = "float32" if self.random_features is not None and "projection_" not in self.__dict__ else "float64"
         return ClassStatistics(self._stats_dim(), product=product)
 
-    def _targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(centred Gram matrix (a new array the caller may overwrite), X^T Y centred, grand mean)``."""
+    def _targets(self, gram: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(centred Gram matrix (a new array the caller may overwrite; empty if not gram), X^T Y centred,
+        grand mean)``."""
         st = self._fitted_stats()
         mu = st.grand_mean()
-        gram = st.total_scatter()
+        G = st.total_scatter() if gram else np.zeros((0, 0))
         xty = ((st.means_ - mu) * st.counts_[:, None]).T  # (D, C) = Xc^T Yc
-        return gram, xty, mu
+        return G, xty, mu
 
     def _gcv(self, d: np.ndarray, B: np.ndarray) -> tuple[float, dict[str, list[float]]]:
         """GCV over the grid from the eigenvalues ``d`` and ``B = Q^T X^T Y``: no solve per lambda."""
@@ -173,13 +174,23 @@ class RidgeHead(rf.SeededProjection, StatisticsHead):
             W = self._cholesky_solve(lam)
         return (*self._rule(W), lam)
 
-    def _progressive_rule(self) -> tuple[np.ndarray, np.ndarray]:
+    def _progressive_rule(self, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        if self.ridge_lambda != "auto" or not exact:
+            return super()._progressive_rule(exact)
+        return self._rule(self._cholesky_solve(self._progressive_lambda()))
+
+    def _progressive_lambda(self) -> float:
+        """A fixed lambda, or under auto PROGRESSIVE_LAMBDA times the mean eigenvalue (the trace over D)."""
         if self.ridge_lambda != "auto":
-            return super()._progressive_rule()
+            return float(self.ridge_lambda)
         st = self._fitted_stats()
-        trace = float(np.trace(st.shifted_) - (st.counts_ * ((st.means_ - st.refs_) ** 2).sum(axis=1)).sum()
-                      + (st.counts_ * ((st.means_ - st.grand_mean()) ** 2).sum(axis=1)).sum())
-        return self._rule(self._cholesky_solve(PROGRESSIVE_LAMBDA * max(trace / st.dim, 1e-12)))
+        return PROGRESSIVE_LAMBDA * max(float(st.total_variances().sum()) / st.dim, 1e-12)
+
+    def _diagonal_rule(self) -> tuple[np.ndarray, np.ndarray]:
+        """Progressive validation's early rule: ``(diag(G) + lambda)^-1 X^T Y``, O(C D)."""
+        st = self._fitted_stats()
+        _, xty, _ = self._targets(gram=False)
+        return self._rule(xty / (np.maximum(st.total_variances(), 0.0) + self._progressive_lambda())[:, None])
 
     @property
     def lambda_(self) -> float:

@@ -103,10 +103,16 @@ class StatisticsHead(BlockProgressive, Head):
     def _refresh_dim(self) -> int:
         return self._fitted_stats().dim
 
-    def _progressive_rule(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(coef, intercept)`` progressive validation predicts with: the exact one unless a head has a cheaper one."""
+    def _progressive_rule(self, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``(coef, intercept)`` progressive validation predicts with: the exact rule, or the diagonal one."""
+        if not exact:
+            return self._diagonal_rule()
         coef, intercept, _ = self._coefficients()
         return coef, intercept
+
+    def _diagonal_rule(self) -> tuple[np.ndarray, np.ndarray]:
+        """The head's rule with its covariance or Gram matrix replaced by the diagonal, O(C D)."""
+        raise NotImplementedError
 
     def _progressive_input(self, X: np.ndarray) -> np.ndarray:
         return self._features(X)
