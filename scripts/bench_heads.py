@@ -82,8 +82,9 @@ from pipeline.heads.registry import heads
 # progressive evaluation = time in progressive_fit minus the learning inside it; solves = _progressive_rule
 acc = {"progressive": 0.0, "learn": 0.0, "solve": 0.0}
 depth = {"progressive": 0, "learn": 0, "solve": 0}
+# a block's features (_progressive_input) are computed once and learnt from: counted as learning
 KIND = {"progressive_fit": "progressive", "_progressive_learn": "learn", "partial_fit": "learn",
-        "_progressive_rule": "solve"}
+        "_progressive_input": "learn", "_progressive_rule": "solve"}
 def wrap(cls, name):
     inner, kind = getattr(cls, name), KIND[name]
     def wrapper(self, *a, **k):

@@ -427,3 +427,46 @@ def test_class_incremental_fecam_and_klda_end_where_joint_training_does(tmp_path
         for m in runs:
             assert m["final_accuracy"] == m["joint_accuracy"]
         assert runs[0]["final_accuracy"] == runs[1]["final_accuracy"]
+
+
+def brute_force_heldout(F, y, classes):
+    """RanPAC's choice by brute force: fit Ridge on the rows outside the slice per candidate, score on the slice."""
+    from pipeline.heads.ridge import HELDOUT_GRID, heldout_rows
+
+    Y = (y[:, None] == np.array(classes, dtype=object)[None, :]).astype(np.float64)
+    mask = heldout_rows(F[1])
+    X = np.asarray(F[0], np.float64)
+    losses = [((Ridge(alpha=lam, solver="cholesky").fit(X[~mask], Y[~mask]).predict(X[mask]) - Y[mask]) ** 2).sum()
+              for lam in HELDOUT_GRID]
+    best = float(HELDOUT_GRID[int(np.argmin(losses))])
+    return losses, best, Ridge(alpha=best, solver="cholesky").fit(X, Y)
+
+
+@pytest.mark.parametrize("options,first", [({}, 0), ({"random_features": 40}, 8)])
+def test_heldout_lambda_equals_brute_force_ridge_on_the_slice(options, first):
+    """``first``: candidates compared from there on (below lambda = 1, the 40 ReLU features' Gram matrix is
+    near-singular, and float32 chunk products plus an eigendecomposition differ from scikit-learn's Cholesky)."""
+    from pipeline.heads import random_features as rf
+    from pipeline.heads.ridge import heldout_rows
+
+    tol = 1e-5 if options else 1e-6  # random features: float32 chunk products
+    X, y = data(500, dim=12)
+    X[:, :3] *= 1e-3  # badly scaled features: the curve has a clear interior minimum
+    head = RidgeHead(ridge_lambda="heldout", **options)
+    for s in range(0, 500, 128):
+        head.partial_fit(X[s:s + 128], y[s:s + 128])
+    F = X if not options else rf.project(X, 40, seed=0)
+    losses, best, ref = brute_force_heldout((F, X), y, head.classes_)
+    assert 0.1 < heldout_rows(X).mean() < 0.3
+    lam, curve = head.heldout_curve()
+    np.testing.assert_allclose(curve["loss"][first:], losses[first:], rtol=tol)
+    assert lam == best == head.lambda_ and head.describe()["lambda_selection"] == "heldout slice"
+    np.testing.assert_allclose(head.decision_function(X), ref.predict(np.asarray(F, np.float64)), rtol=1e-6,
+                               atol=1e-5 if options else 1e-8)  # random features: float32 chunk products
+    shuffled = np.random.default_rng(1).permutation(500)  # the slice follows the rows, not their order
+    again = RidgeHead(ridge_lambda="heldout", **options).partial_fit(X[shuffled], y[shuffled])
+    np.testing.assert_allclose(again.heldout_curve()[1]["loss"][first:], losses[first:], rtol=tol)
+    shards = [RidgeHead(ridge_lambda="heldout", **options).partial_fit(X[i::2], y[i::2]) for i in range(2)]
+    merged = shards[0].merge(shards[1])
+    np.testing.assert_allclose(merged.heldout_curve()[1]["loss"][first:], losses[first:], rtol=tol)
+    assert merged.lambda_ == best

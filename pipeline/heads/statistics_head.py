@@ -65,9 +65,10 @@ class StatisticsHead(BlockProgressive, Head):
         return self.stats_
 
     def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
-        self._learn_features(self._features(X), y)
+        self._learn_features(self._features(X), y, X)
 
-    def _learn_features(self, Z: np.ndarray, y: np.ndarray) -> None:
+    def _learn_features(self, Z: np.ndarray, y: np.ndarray, X: np.ndarray) -> None:
+        """Learn rows whose features are ``Z`` (``X``: the rows as given)."""
         ks = self._class_indices(y)
         self._fitted_stats().update(Z, ks)
         self.version_ += 1
@@ -121,7 +122,7 @@ class StatisticsHead(BlockProgressive, Head):
         return np.asarray(Z, np.float64) @ rule[0].T + rule[1]
 
     def _progressive_learn(self, X: np.ndarray, Z: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
-        self._learn_features(Z, y)  # the block's features, computed once for scoring and learning
+        self._learn_features(Z, y, X)  # the block's features, computed once for scoring and learning
         self.rows_seen_ += len(X)
 
     # -- merging -----------------------------------------------------------------
