@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head, softmax_rows
-from pipeline.heads.progressive import BlockProgressive
+from pipeline.heads.progressive import BlockProgressive, blas_threads_for
 from pipeline.heads.random_features import check_memory
 from pipeline.heads.registry import Capabilities, Option, register
 
@@ -188,14 +188,15 @@ class FeCAMHead(BlockProgressive, Head):
             from scipy.linalg import cho_factor  # ~0.5 s to import: not at start-up
 
             out = []
-            for k in range(len(self.counts_)):
-                cov, s = self.covariance_(k)
-                try:
-                    factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
-                except np.linalg.LinAlgError:  # round-off left it singular: a tiny ridge
-                    cov[np.diag_indices_from(cov)] += 1e-10 * max(float(np.trace(cov)) / len(cov), 1e-12)
-                    factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
-                out.append((np.tril(factor), np.array(s)))
+            with blas_threads_for(self.n_features_in_ or 0):
+                for k in range(len(self.counts_)):
+                    cov, s = self.covariance_(k)
+                    try:
+                        factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
+                    except np.linalg.LinAlgError:  # round-off left it singular: a tiny ridge
+                        cov[np.diag_indices_from(cov)] += 1e-10 * max(float(np.trace(cov)) / len(cov), 1e-12)
+                        factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
+                    out.append((np.tril(factor), np.array(s)))
             self._factors = (self.version_, out)
         return self._factors[1]
 

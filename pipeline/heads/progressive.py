@@ -18,11 +18,12 @@ Two kinds of refresh keep the cost a small share of learning (which is about
   costs at most 1/12 of the learning before it, and because they double,
   all of them together at most 1/6 of the learning up to the last one.
 
-Refreshes factorise with one BLAS thread up to ``ONE_THREAD_DIM`` dimensions:
-OpenBLAS's threaded Cholesky of a 1,280 x 1,280 matrix took 2.5 s against
-0.22 s on one thread on the shared 2-core machine (its threads spin while
-other processes hold the cores), while the learning's large products keep
-their threads.
+Solves (progressive refreshes here, and the heads' cached solves) factorise
+with one BLAS thread up to ``ONE_THREAD_DIM`` dimensions
+(:func:`blas_threads_for`): OpenBLAS's threaded Cholesky of a 1,280 x 1,280
+matrix took 2.5 s against 0.22 s on one thread on the shared 2-core machine
+(its threads spin while other processes hold the cores), while the
+learning's large products keep their threads.
 
 Held-out evaluation is always exact; this loop only decides what the
 progressive predictions are made with, and each head documents its rule.
@@ -39,7 +40,7 @@ from typing import Any, ContextManager, Hashable, Sequence
 
 import numpy as np
 
-ONE_THREAD_DIM = 4096  # progressive refreshes of statistics up to this dimension factorise on one BLAS thread
+ONE_THREAD_DIM = 4096  # solves of statistics up to this dimension factorise on one BLAS thread
 
 
 def blas_threads_for(dim: int) -> ContextManager[Any]:

@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
 from pipeline.heads.class_stats import ClassStatistics
-from pipeline.heads.progressive import BlockProgressive
+from pipeline.heads.progressive import BlockProgressive, blas_threads_for
 
 if TYPE_CHECKING:
     from typing import Self
@@ -78,7 +78,9 @@ class StatisticsHead(BlockProgressive, Head):
         """``(coef (C, D), intercept (C,), the shrinkage or lambda used)``, solved once per ``version_``."""
         cached = self._solution
         if cached is None or cached[0] != self.version_:
-            cached = self._solution = (self.version_, *self._solve())
+            with blas_threads_for(self._fitted_stats().dim):
+                solved = self._solve()
+            cached = self._solution = (self.version_, *solved)
         return cached[1], cached[2], cached[3]
 
     @property
