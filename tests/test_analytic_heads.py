@@ -263,8 +263,8 @@ def test_progressive_solves_are_few_and_bounded_by_the_dimension():
         preds = head.progressive_fit(X, y)
     finally:
         RidgeHead._cholesky_solve, RidgeHead._diagonal_rule = real, real_diagonal
-    assert early == [8, 16, 32]  # O(C D) diagonal rules until 2 D = 40 rows
-    assert calls == [40, 80, 160, 320, 640, 1280, 2560]  # then solves, doubling, at least D=20 rows apart
+    assert early == [8, 16, 32, 64]  # O(C D) diagonal rules until 4 D = 80 rows
+    assert calls == [80, 160, 320, 640, 1280, 2560]  # then solves, doubling, at least D=20 rows apart
     assert (preds[100:] == y[100:]).mean() > 0.8
 
 
