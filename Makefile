@@ -27,15 +27,17 @@ bench: install
 	$(PYTHON) scripts/bench_train.py
 
 # The GPU check (docs/gpu.md): what a lent GPU machine lacks, as wheels for its Python (3.12, manylinux
-# x86-64) in .whl/, and a few hundred real photos in .gpu_photos/ (both ignored by git; both travel with
-# `carry`). The machine has PyTorch, JAX, numpy, h5py, Pillow, scipy, pandas, narwhals, rich, absl-py,
-# ml-dtypes, click, tqdm, matplotlib, scikit-learn, opencv, but no Keras and no network. Ray's wheel
+# x86-64) in .whl/ (keras, keras-hub, namex, braceexpand are pure; river, optree, simplejpeg compiled for
+# cp312: GPU_PY=3.11 GPU_WHEELS=.whl-cpu fetches them for the dry run here), and a few hundred real photos
+# in .gpu_photos/ (both ignored by git; both travel with `carry`). The machine has PyTorch, JAX, numpy,
+# h5py, Pillow, scipy, pandas, narwhals, rich, absl-py, ml-dtypes, click, tqdm, matplotlib, scikit-learn,
+# opencv, but no Keras and no network. Ray's wheel
 # (79 MB) alone is over the 64 MiB a call may carry: the Ray path cannot be measured there.
 GPU_PY ?= 3.12
 GPU_WHEELS ?= .whl
 GPU_PHOTOS ?= .gpu_photos
 GPU_PHOTO_COUNT ?= 300
-GPU_PACKAGES ?= keras==3.15.1 namex==0.1.0 optree==0.20.0 river==0.26.1 braceexpand==0.1.7 simplejpeg==1.9.0
+GPU_PACKAGES ?= keras==3.15.1 namex==0.1.0 optree==0.20.0 river==0.26.1 braceexpand==0.1.7 simplejpeg==1.9.0 keras-hub==0.32.0
 GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64
 

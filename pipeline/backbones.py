@@ -22,6 +22,7 @@ from pipeline.keras_runtime import (compiled_forward, image_format_scope, kernel
 from pipeline.keras_runtime import device as _device
 from pipeline.keras_runtime import hub as _hub
 from pipeline.keras_runtime import keras as _keras
+from pipeline.options import IMAGE_SIZE_RANGE
 from pipeline.precision import resolve_precision
 
 
@@ -179,6 +180,7 @@ def build_backbone(
     if pooling not in POOLINGS:
         raise BackboneError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
     spec = REGISTRY[name]
+    check_image_size(image_size)
     if alpha is not None and not spec.has_alpha:
         raise BackboneError(f"backbone {name} has no width multiplier; drop --alpha")
     identity = weights_identity(weights)
@@ -232,6 +234,13 @@ def build_backbone(
     return backbone
 
 
+def check_image_size(image_size: int | None) -> None:
+    """A one-line BackboneError for an input side outside :data:`pipeline.options.IMAGE_SIZE_RANGE`."""
+    low, high = IMAGE_SIZE_RANGE
+    if image_size is not None and not low <= image_size <= high:
+        raise BackboneError(f"image size {image_size} is outside the allowed range {low}..{high} pixels")
+
+
 def build_hub_backbone(spec: str, image_size: int | None = None, pooling: str | None = None,
                        precision: str = "float32") -> Backbone:
     """A keras-hub preset as the backbone: ``spec`` is ``hub:NAME`` or ``hub:/path/to/preset_folder``.
@@ -241,6 +250,7 @@ def build_hub_backbone(spec: str, image_size: int | None = None, pooling: str | 
     ``cls+mean``, ``embedding``; None: the family's default, see
     :mod:`pipeline.hub_runtime`) makes one vector per image.
     """
+    check_image_size(image_size)
     keras = _keras()
     precision = resolve_precision(precision, spec, _device())
     from pipeline.keras_runtime import POLICIES

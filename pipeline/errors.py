@@ -1,5 +1,8 @@
 """Typed errors for user mistakes; the CLI turns each into a clean message."""
 
+import os
+import re
+
 
 class PipelineError(Exception):
     """Base class: a problem the user can fix (bad input, bad option)."""
@@ -41,6 +44,20 @@ class InteropError(PipelineError):
     """An embedding folder cannot be imported or exported (layout, columns, missing pyarrow)."""
 
 
+class OutputError(PipelineError):
+    """An output file cannot be written (a full disk, no permission); the old file, if any, is unchanged."""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's text on one line (HDF5 write errors span several)."""
     return " ".join(str(exc).split())
+
+
+def write_failure(exc: BaseException) -> str:
+    """Why a write failed, in the system's words: HDF5's long "file write failed: time = ..., errno = 28,
+    ..., buf = 0x..." becomes "No space left on device"; other errors their one-line text."""
+    text = one_line(exc)
+    found = re.search(r"errno = (\d+)", text)
+    if found:
+        return os.strerror(int(found.group(1)))
+    return getattr(exc, "strerror", None) or text

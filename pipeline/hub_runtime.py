@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import BackboneError
+from pipeline.fsutil import read_json
 
 HUB_PREFIX = "hub:"
 HUB_POOLINGS = ("cls", "mean", "cls+mean", "embedding")
@@ -139,8 +140,8 @@ def _family(backbone: Any) -> Family:
 
 def _config_class(folder: Path) -> str:
     try:
-        return str(json.loads((folder / "config.json").read_text())["class_name"]).rsplit(">", 1)[-1]
-    except (OSError, ValueError, KeyError) as exc:
+        return str(read_json(folder / "config.json")["class_name"]).rsplit(">", 1)[-1]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BackboneError(f"cannot read {folder / 'config.json'}: {exc}") from None
 
 
@@ -234,7 +235,7 @@ def build(spec: str, pooling: str | None, image_size: int | None, policy: str) -
 
 
 def _saved_shape(folder: Path) -> tuple[int, int]:
-    config = json.loads((folder / "config.json").read_text())["config"]
+    config = read_json(folder / "config.json")["config"]
     shape = config.get("image_shape") or config["vision_encoder"]["config"]["image_shape"]
     return int(shape[0]), int(shape[1])
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ModelFileError, PipelineError, StoreError
+from pipeline.fsutil import read_json
 from pipeline.identity import SHOWN_KEYS
 from pipeline.models import load_model
 from pipeline.store import FeatureStore, open_store
@@ -116,7 +117,7 @@ def describe_partial(parts: str | Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise StoreError(f"{parts} is a folder but not a partial extraction (no {MANIFEST})")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_json(manifest_path)
     except (OSError, ValueError) as exc:
         raise StoreError(f"{manifest_path} is not readable JSON ({exc})") from None
     rows = files_done = skipped = 0
@@ -195,8 +196,10 @@ def _is_hdf5(path: Path) -> bool:
 
 
 def _reason(error: Exception, path: Path) -> str:
+    """The error's text without the leading path (and the colon after it), which the message names once."""
     text = str(error)
-    return text[len(str(path)):].strip() if text.startswith(str(path)) else text
+    rest = text[len(str(path)):].lstrip(" :") if text.startswith(str(path)) else text
+    return rest or text
 
 
 def _lines_identity(info: dict[str, Any]) -> list[str]:

@@ -30,8 +30,9 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import InteropError, one_line
+from pipeline.errors import InteropError, one_line, write_failure
 from pipeline.extraction.lock import output_locks
+from pipeline.fsutil import parse_json, pause_point
 from pipeline.identity import IDENTITY_KEYS, PROVENANCE_KEYS
 from pipeline.store import StoreWriter, atomic_path, open_store
 
@@ -171,6 +172,7 @@ def _export_locked(store_path: str | Path, out: Path, fmt: str, shard_rows: int,
             for k in range(n_shards):
                 start, stop = k * shard_rows, min((k + 1) * shard_rows, store.n_rows)
                 _export_shard(store, tmp, fmt, k, n_shards, start, stop, chunk_rows, classes, schema, pa, pq, bar)
+                pause_point("export-write", tmp)
         except OSError as exc:
             bar.close()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -271,6 +273,9 @@ class _NpyRows:
             raise InteropError(f"{path} holds a {'Fortran-order ' if fortran else ''}array of shape {shape} "
                                f"and dtype {self.dtype}; expected C-order (rows, dim) numbers")
         self.rows, self.dim = int(shape[0]), int(shape[1])
+        if self.dim < 1 or self.dtype.kind not in "iuf":
+            raise InteropError(f"{path} holds an array of shape {shape} and dtype {self.dtype}; expected "
+                               "(rows, dim) numbers with dim >= 1")
 
     def __len__(self) -> int:
         return self.rows
@@ -343,6 +348,9 @@ def _embeddings_of(batch: Any, column: str, path: Path, pa: Any, first_row: int 
         bad = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
         raise InteropError(f"{path}: row {first_row + bad // max(dim, 1)} holds a null value inside its "
                            f"embedding (column {column!r}); fill or drop it before importing")
+    if dim < 1:
+        raise InteropError(f"{path}: row {first_row} has an empty embedding (column {column!r}); expected at least "
+                           "one value per row")
     values = flat.to_numpy(zero_copy_only=False)
     return values.reshape(len(col), dim)
 
@@ -353,7 +361,39 @@ def _read_meta(source: _Source, pq: Any) -> tuple[dict[str, Any], list[str]]:
         return {}, []
     schema = pq.read_schema(tables[0])
     raw = (schema.metadata or {}).get(META_KEY)
-    return (json.loads(raw) if raw else {}), list(schema.names)
+    return (_checked_meta(raw, tables[0]) if raw else {}), list(schema.names)
+
+
+def _checked_meta(raw: bytes, where: Path) -> dict[str, Any]:
+    """The export's own metadata (``incremental_pipeline`` in the Parquet schema), its shape checked."""
+    what = f"{where}: schema metadata {META_KEY.decode()!r}"
+    try:
+        meta = parse_json(raw, what)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InteropError(f"{what} is not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InteropError(f"{what} is a JSON {type(meta).__name__}; expected an object "
+                           "(classes, source_root, store)")
+    classes = meta.get("classes") or []
+    if not isinstance(classes, list):
+        raise InteropError(f"{what}: 'classes' is a {type(classes).__name__}; expected a list of class names")
+    for i, name in enumerate(classes):
+        if not isinstance(name, str):
+            raise InteropError(f"{what}: classes[{i}] is a {type(name).__name__}; expected a class name (text)")
+    if len(set(classes)) != len(classes):
+        twice = next(c for c in classes if classes.count(c) > 1)
+        raise InteropError(f"{what}: class {twice!r} is listed twice; class names must be unique")
+    if not isinstance(meta.get("source_root") or "", str):
+        raise InteropError(f"{what}: 'source_root' is a {type(meta['source_root']).__name__}; expected a path")
+    store = meta.get("store") or {}
+    if not isinstance(store, dict):
+        raise InteropError(f"{what}: 'store' is a {type(store).__name__}; expected an object of store attributes")
+    for key, value in store.items():
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (str, int, float, bool)) for v in items):
+            raise InteropError(f"{what}: store attribute {key!r} is {json.dumps(value)[:80]}; expected text, "
+                               "a number or a list of them")
+    return meta
 
 
 def _pick_column(given: str | None, default: str, names: list[str], what: str, src: Path) -> str | None:
@@ -474,6 +514,7 @@ def _import_locked(src: Path, out: Path, label_column: str | None, path_column: 
                         raise InteropError(f"{emb_path} has {X.shape[1]}-d embeddings; {where} have "
                                            f"{result.feature_dim}")
                     writer.append(np.asarray(X, dtype=result.dtype), labels, paths)
+                    pause_point("import-write", tmp)
                     bar.update(len(X))
                 if writer is None:
                     raise InteropError(f"{src} holds no embeddings (every file is empty)")
@@ -484,7 +525,7 @@ def _import_locked(src: Path, out: Path, label_column: str | None, path_column: 
                     writer.abort()  # before atomic_path removes the temporary file
                 raise
     except (OSError, RuntimeError) as exc:  # a full disk: h5py raises RuntimeError with errno 28
-        raise InteropError(f"writing {out} failed ({one_line(exc)}); nothing was written: free disk space and "
+        raise InteropError(f"writing {out} failed ({write_failure(exc)}); nothing was written: free disk space and "
                            "rerun") from None
     finally:
         bar.close()

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.errors import ModelFileError
 from pipeline.metrics import ratio, run_metrics
 from pipeline.models import TrainedModel
 from pipeline.stream import Batch, FeatureStream
@@ -50,6 +51,24 @@ class RunState:
     class_accuracy: list[dict[str, float | None]] = field(default_factory=list)  # after each task, per class
     done: bool = False
     key_parts: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def restore(cls, record: dict[str, Any], **given: Any) -> "RunState":
+        """The state a checkpoint recorded (``TrainedModel.progress``), each entry of its field's type."""
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        for key, value in record.items():
+            kind = kinds.get(key)
+            if kind is None:
+                raise ModelFileError(f"--resume: the checkpoint's progress holds an unknown entry {key!r}")
+            expected: type = {"int": int, "str": str, "bool": bool}.get(kind, list if kind.startswith("list") else dict)
+            if expected is int:
+                wrong = isinstance(value, bool) or not isinstance(value, int) or value < 0
+            else:
+                wrong = not isinstance(value, expected)
+            if wrong:
+                raise ModelFileError(f"--resume: the checkpoint's progress {key} is {value!r}; expected "
+                                     + ("a count (an integer >= 0)" if expected is int else f"a {expected.__name__}"))
+        return cls(**{**given, **record})
 
 
 @dataclass

@@ -9,6 +9,7 @@ file like any ``.npz``. Nothing here unpickles.
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,17 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ModelFileError
+from pipeline.fsutil import MAX_JSON_BYTES
 from pipeline.state_codec import ARRAY_KINDS
+from pipeline.fsutil import pause_point
 from pipeline.store import atomic_path
 
 DOCUMENT = "model.json"
 ZIP_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-MAX_DOCUMENT_BYTES = 1 << 30
+MAX_DOCUMENT_BYTES = MAX_JSON_BYTES  # model.json; its arrays are members of their own
+MAX_MEMBERS = 100_000
+LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then the name and extra field lengths at offset 26
 
 
 def sniff(path: Path) -> str:
@@ -47,6 +52,7 @@ def write_container(path: Path, document: dict[str, Any], arrays: dict[str, np.n
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             zf.writestr(DOCUMENT, text)
+            pause_point("model-write", tmp)
             for name, arr in arrays.items():
                 with zf.open(f"{name}.npy", "w", force_zip64=arr.nbytes > (1 << 30)) as fh:
                     np.lib.format.write_array(fh, arr, allow_pickle=False)
@@ -64,6 +70,11 @@ class Container:
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ModelFileError(f"{path} is truncated or damaged ({exc})") from None
         try:
+            self._check_extents()
+        except ModelFileError:
+            self.close()
+            raise
+        try:
             self.document = json.loads(self._read(DOCUMENT, MAX_DOCUMENT_BYTES))
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             self.close()
@@ -71,6 +82,35 @@ class Container:
         except ModelFileError:
             self.close()
             raise
+
+    def _check_extents(self) -> None:
+        """Every member's data lies inside the file, after its own header, before the next member: so
+        reading all of them reads at most the file once (no overlapping members, no declared sizes that the
+        file cannot hold), checked before any member is read."""
+        infos = sorted(self._zip.infolist(), key=lambda i: i.header_offset)
+        if len(infos) > MAX_MEMBERS:
+            raise ModelFileError(f"{self.path} holds {len(infos):,} members; a model file holds at most "
+                                 f"{MAX_MEMBERS:,}: not a model file")
+        fp = self._zip.fp
+        assert fp is not None
+        end_of_data = int(self._zip.start_dir)
+        for k, info in enumerate(infos):
+            fp.seek(info.header_offset)
+            header = fp.read(LOCAL_HEADER.size)
+            if len(header) < LOCAL_HEADER.size or not header.startswith(b"PK\x03\x04"):
+                raise ModelFileError(f"{self.path}: member {info.filename!r} has no header where the directory "
+                                     "says: truncated or crafted")
+            _, name_len, extra_len = LOCAL_HEADER.unpack(header)
+            stop = info.header_offset + LOCAL_HEADER.size + name_len + extra_len + info.compress_size
+            limit = infos[k + 1].header_offset if k + 1 < len(infos) else end_of_data
+            if stop > limit:
+                what = "the next member" if k + 1 < len(infos) else "the zip directory"
+                raise ModelFileError(f"{self.path}: member {info.filename!r} declares {info.compress_size:,} bytes, "
+                                     f"which run into {what} (overlapping or oversized members): a crafted or "
+                                     "damaged file")
+            if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+                raise ModelFileError(f"{self.path}: member {info.filename!r} is stored with {info.compress_size:,} "
+                                     f"bytes but declares {info.file_size:,}: a crafted or damaged file")
 
     def close(self) -> None:
         self._zip.close()
@@ -93,7 +133,8 @@ class Container:
     def _read(self, name: str, limit: int) -> bytes:
         info = self._info(name)
         if info.file_size > limit:
-            raise ModelFileError(f"{self.path}: member {name!r} is implausibly large ({info.file_size} bytes)")
+            raise ModelFileError(f"{self.path}: member {name!r} is {info.file_size / 2**20:.0f} MB; at most "
+                                 f"{limit >> 20} MB is read (a crafted file?)")
         try:
             return self._zip.read(info)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:

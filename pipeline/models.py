@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.errors import ModelFileError
 from pipeline.heads.base import Head
+from pipeline.heads.state_check import StateError, check_head, check_object
 from pipeline.model_format import Container, sniff, write_container
 from pipeline.state_codec import CodecError, class_name, decode, encode
 from pipeline.identity import REBUILD_KEYS, rebuild_keys_of
@@ -167,9 +168,17 @@ def _load_version_1(path: Path, trust_pickle: bool) -> TrainedModel:
 
 
 def _check(model: Any, path: Path) -> None:
-    """Refuse a payload that decodes but is not a usable model: one prediction must work."""
+    """Refuse a payload that decodes but is not a usable model: its state has the declared types and shapes
+    (:mod:`pipeline.heads.state_check`), its run record the types a resume reads, and one prediction works."""
     if not isinstance(model, TrainedModel) or not isinstance(model.head, Head):
         raise ModelFileError(f"{path} does not hold a model")
+    try:
+        _check_record(model)
+        check_head(model.head)
+        if model.replay is not None:  # --replay's memory: exemplars of the model's features
+            check_object(model.replay, {"C": len(model.head.classes_), "D": model.feature_dim}, "replay", set())
+    except StateError as exc:
+        raise ModelFileError(f"{path} holds an inconsistent model ({exc})") from None
     try:
         dim = model.feature_dim
         head = model.head
@@ -181,6 +190,23 @@ def _check(model: Any, path: Path) -> None:
                 raise ValueError(f"predictions of shape {np.shape(proba)} for {len(head.classes_)} classes")
     except Exception as exc:
         raise ModelFileError(f"{path} holds an inconsistent model ({type(exc).__name__}: {exc})") from None
+
+
+def _check_record(model: TrainedModel) -> None:
+    """The fields besides the head: a backbone record with a feature count, and lists (``progress``, the
+    checkpoint of a run, is checked by the run that resumes it: :meth:`pipeline.loop.RunState.restore`)."""
+    if not isinstance(model.backbone, dict):
+        raise StateError(f"backbone is a {type(model.backbone).__name__}; expected a record of the backbone")
+    dim = model.backbone.get("feature_dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise StateError(f"backbone feature_dim is {dim!r}; expected an integer >= 1")
+    for name in ("stores", "history"):
+        if not isinstance(getattr(model, name), list):
+            raise StateError(f"{name} is a {type(getattr(model, name)).__name__}; expected a list")
+    if not isinstance(model.head_name, str):
+        raise StateError(f"head_name is {model.head_name!r}; expected a head's name")
+    if model.progress is not None and not isinstance(model.progress, dict):
+        raise StateError(f"progress is a {type(model.progress).__name__}; expected a record of the run")
 
 
 def migrate_model(source: str | Path, output: str | Path, trust_pickle: bool = False) -> TrainedModel:

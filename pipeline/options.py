@@ -8,6 +8,10 @@ from typing import Any
 from pipeline.errors import HeadError, OptionError
 from pipeline.heads.registry import Option
 
+# --image-size: below 32 px the keras.applications CNNs refuse to build; above 1024 px one image's first
+# activations take gigabytes (10,000 px: ~6 GB for ResNet50's first convolution alone).
+IMAGE_SIZE_RANGE = (32, 1024)
+
 RUN_OPTIONS = {o.name: o for o in (
     Option("holdout", float, 0.0, "fraction held out for evaluation, split by a hash of each image path",
            low=0.0, high=1.0, high_open=True),

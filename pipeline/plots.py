@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.fsutil import write_atomically  # noqa: E402
+
 
 def plot_learning_curve(metrics: dict[str, Any], path: str | Path) -> None:
     curve = metrics.get("learning_curve") or []
@@ -28,8 +30,7 @@ def plot_learning_curve(metrics: dict[str, Any], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_accuracy_matrix(metrics: dict[str, Any], path: str | Path) -> None:
@@ -57,8 +58,7 @@ def plot_accuracy_matrix(metrics: dict[str, Any], path: str | Path) -> None:
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def confusion_path(plot: str | Path) -> Path:
@@ -98,5 +98,17 @@ def plot_confusion(metrics: dict[str, Any], path: str | Path, counts: bool | Non
                  fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class's rows")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Any) -> None:
+    """Save a file atomically (a full disk leaves no half-written image), or into a buffer; close the figure."""
+    try:
+        if isinstance(path, (str, Path)):
+            target = Path(path)
+            write_atomically(target, lambda tmp: fig.savefig(tmp, dpi=120,
+                                                             format=target.suffix.lstrip(".").lower() or "png"))
+        else:  # a file object (the report's embedded figures)
+            fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)

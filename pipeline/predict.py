@@ -24,6 +24,7 @@ from pipeline.extraction.decoding import read_batches
 from pipeline.extraction.partition import embed_decoded
 from pipeline.images import IMAGE_EXTENSIONS, scan_folder, try_decode
 from pipeline.models import TrainedModel
+from pipeline.workers import resolve_workers
 
 
 @dataclass
@@ -74,6 +75,8 @@ def predict_images(model: TrainedModel, backbone: Backbone, files: list[Path],
     ``decoder``: as extraction decoded (:func:`model_decoder`), so the features are computed the same way.
     """
     classes = model.head.classes_
+    batch_size = max(1, min(batch_size, len(files)))  # a short batch is padded to the batch size: no larger
+    decode_threads = resolve_workers(decode_threads, "CPU")  # no more decoders than cores
     groups = [files[s:s + batch_size] for s in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(decode_threads) as pool:
         decode = lambda f: try_decode(f, backbone.input_size, decoder=decoder)  # noqa: E731

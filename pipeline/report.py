@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.fsutil import write_atomically
 from pipeline.heads.base import Head
 from pipeline.stream import FeatureStream
 
@@ -282,9 +283,4 @@ def write_report(path: str | Path, metrics: dict[str, Any], *, head: Head | None
     with ``head`` and ``test``, the misclassified held-out photos too."""
     found = find_mistakes(head, test, per_pair) if head is not None and test is not None else None
     text = render(metrics, found, title=title, pairs=pairs, side=side)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_bytes(text.encode("utf-8")))

@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.errors import ModelFileError, OptionError, PipelineError
 from pipeline.extraction.lock import output_locks
+from pipeline.fsutil import write_atomically
 from pipeline.heads import head_class, heads, make_head
 from pipeline.heads.defaults import DEFAULT_HEAD
 from pipeline.heads.registry import mergeable_text, readers
@@ -382,8 +383,8 @@ def write_json(data: dict[str, Any], path: Path) -> None:
             return v.item()
         return v
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(data), indent=2))
+    text = json.dumps(clean(data), indent=2)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def run_evaluation(model_path: Path, stores: Sequence[Path], holdout: float = 0.0, metrics_out: Path | None = None,
@@ -470,14 +471,19 @@ def run_prediction(model_path: Path, inputs: Sequence[Path], weights: str | None
         out(f"{p.path}\t{p.label}\t{p.probability:.4f}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
     if output is not None:
         rows = [{"path": p.path, "label": p.label, "probability": p.probability, "error": p.error} for p in preds]
-        if output.suffix.lower() == ".json":
-            output.write_text(json.dumps(rows, indent=2))
-        else:
-            with output.open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=["path", "label", "probability", "error"])
-                writer.writeheader()
-                writer.writerows(rows)
+        with output_locks(output):
+            write_atomically(output, lambda tmp: _write_predictions(rows, tmp, output.suffix.lower() == ".json"))
     return preds
+
+
+def _write_predictions(rows: list[dict[str, Any]], path: Path, as_json: bool) -> None:
+    if as_json:
+        path.write_text(json.dumps(rows, indent=2))
+        return
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "probability", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def run_merge(paths: Sequence[Path], output: Path, out: Echo = print, trust_pickle: bool = False) -> TrainedModel:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from pipeline.errors import StoreError, one_line
-from pipeline.fsutil import WRITE_ERRORS, atomic_path
+from pipeline.fsutil import WRITE_ERRORS, atomic_path, read_json
 from pipeline.identity import identity_of
 from pipeline.store_protocol import Rows, Store
 
@@ -47,7 +47,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path} cannot be read ({exc}); remove {folder} to start over") from None
     return data if isinstance(data, dict) and data.get("format") == PARTS_FORMAT else None

@@ -102,7 +102,7 @@ def _start_state(model: TrainedModel, train_stream: FeatureStream, opts: TrainOp
         raise OptionError("--resume: this checkpoint is an interrupted run made with other settings; rerun with "
                           "the same ones to continue it (" + "; ".join(changed_options(previous, parts)) + ")")
     if previous.get("key") == key and not previous.get("done"):
-        state = RunState(**{"key_parts": parts, **previous})
+        state = RunState.restore(previous, key_parts=parts)
         log(f"continuing an interrupted run at task {state.task + 1}, epoch {state.epoch + 1}, "
             f"row {state.rows_in_epoch} ({state.rows} rows already learnt)")
         return state
@@ -192,6 +192,10 @@ def make_tasks(classes: list[str], increment: int | None = None, spec: str | Non
         return tasks
     if not increment:
         return None
+    if first_increment is None and increment >= len(classes):
+        raise OptionError(f"--increment {increment} puts all {len(classes)} classes in one task; a class-incremental "
+                          "run needs at least two tasks: expected " + (f"1 to {len(classes) - 1}" if len(classes) > 1 else
+                                                                  "stores with more than one class"))
     if order is not None:
         _no_duplicates(order, "--class-order")
         unknown = sorted(set(order) - set(classes))

@@ -53,8 +53,14 @@ def auto_decode_workers(device: str, model_images_per_s: float | None = None, cp
     return max(1, min(cpus, max(2, needed), MAX_DECODE_THREADS))
 
 
-def resolve_workers(requested: int | str, device: str, model_images_per_s: float | None = None) -> int:
-    """``--workers``: a number as given, or ``auto``."""
+def resolve_workers(requested: int | str, device: str, model_images_per_s: float | None = None,
+                    cpus: int | None = None) -> int:
+    """``--workers``: ``auto``, or a number capped by the cores (decoders beyond them only contend, and
+    each decode process holds a copy of the listing and its own pixels).
+
+    >>> resolve_workers(1000, "CPU", cpus=2), resolve_workers(1, "CPU", cpus=2)
+    (2, 1)
+    """
     if requested == "auto":
-        return auto_decode_workers(device, model_images_per_s)
-    return int(requested)
+        return auto_decode_workers(device, model_images_per_s, cpus)
+    return max(1, min(int(requested), cpus or available_cpus()))

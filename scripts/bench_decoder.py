@@ -28,11 +28,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from benchkit import cpu_name, run_child, timed_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -123,12 +124,8 @@ def worker(name: str, n: int, size: int, repeat: int) -> None:
     decode = make_decoder(name, size)
     for p in files[:20]:  # warm: imports, first-call set-up, page cache
         decode(p)
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        for p in files:
-            decode(p)
-    dt = time.perf_counter() - t0
-    print(json.dumps({"decoder": name, "images_per_s": repeat * len(files) / dt}))
+    rate = timed_rate(lambda: [decode(p) for p in files], len(files), 0.0, repeat)
+    print(json.dumps({"decoder": name, "images_per_s": rate}))
 
 
 def check(names: list[str], n: int, size: int) -> dict[str, float]:
@@ -173,13 +170,14 @@ def main() -> None:
     for r in range(args.rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            line = subprocess.run([sys.executable, __file__, "--worker", name, "--images", str(args.images),
-                                   "--size", str(args.size), "--repeat", str(args.repeat)], env=env,
-                                  capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            rates[name].append(json.loads(line)["images_per_s"])
+            got = run_child([sys.executable, __file__, "--worker", name, "--images", str(args.images),
+                             "--size", str(args.size), "--repeat", str(args.repeat)], env)
+            if "error" in got:
+                raise SystemExit(f"{name}: {got['error']}")
+            rates[name].append(got["images_per_s"])
         print(f"round {r + 1}: " + ", ".join(f"{d} {rates[d][-1]:.0f}" for d in names), file=sys.stderr)
     base = float(np.median(rates["pil"])) if "pil" in rates else None
-    result = {"images": args.images, "size": args.size, "rounds": args.rounds, "cpu": _cpu(), "decoders": {}}
+    result = {"images": args.images, "size": args.size, "rounds": args.rounds, "cpu": cpu_name(), "decoders": {}}
     diffs = check([d for d in names if d != "pil"], min(args.images, 100), args.size) if args.check else {}
     print(f"{'decoder':<12} {'img/s/core':>11} {'x pil':>6} {'min':>6} {'max':>6}" + ("  mean|px-pil|" if diffs else ""))
     for name in names:
@@ -191,16 +189,6 @@ def main() -> None:
         print(f"{name:<12} {med:>11.0f} {ratio:>6.2f} {min(rates[name]):>6.0f} {max(rates[name]):>6.0f}{extra}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchkit import HUB_RANDOM, cpu_name, decode_rates, make_hub_preset, run_child, timed_rate
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 DEFAULT_SOURCE = ROOT / ".." / "shared" / "data" / "dogs-vs-cats" / "train"
@@ -53,25 +55,6 @@ VARIANTS = {
     "jax": {"KERAS_BACKEND": "jax"},
     "torch": {"KERAS_BACKEND": "torch"},
 }
-
-
-HUB_RANDOM = {  # name -> (keras-hub class, its arguments)
-    "hub-dinov2-s14": ("DINOV2Backbone", dict(patch_size=14, num_layers=12, hidden_dim=384, num_heads=6,
-                                              intermediate_dim=1536, image_shape=(224, 224, 3))),
-    "hub-vit-b16": ("ViTBackbone", dict(patch_size=16, num_layers=12, hidden_dim=768, num_heads=12, mlp_dim=3072,
-                                        image_shape=(224, 224, 3))),
-}
-CONVERTERS = {"DINOV2Backbone": "DINOV2ImageConverter", "ViTBackbone": "ViTImageConverter"}
-
-
-def make_hub_preset(name: str, folder: Path) -> None:
-    """Save a random-initialised keras-hub backbone of ``name`` and its image converter as a preset folder."""
-    import keras_hub as kh
-
-    class_name, kwargs = HUB_RANDOM[name]
-    getattr(kh.models, class_name)(**kwargs).save_to_preset(str(folder))
-    getattr(kh.layers, CONVERTERS[class_name])(image_size=(224, 224), scale=1 / 127.5, offset=-1.0).save_to_preset(
-        str(folder))
 
 
 def backbone_spec(name: str, tmp: Path) -> str:
@@ -93,26 +76,6 @@ def subset_source(src: Path, n: int, folder: Path) -> Path:
     return folder
 
 
-def decode_rates(source: Path, size: int = 224) -> dict[str, float]:
-    """img/s of the extraction's decoders: 1 thread, every core as threads, every core as processes."""
-    from pipeline.extraction.decoding import decoded_batches
-    from pipeline.images import list_images
-    from pipeline.workers import available_cpus
-
-    listed = list_images(source)
-    batches = [list(range(i, min(i + 32, len(listed.paths)))) for i in range(0, len(listed.paths), 32)]
-    out = {}
-    cpus = available_cpus()
-    for name, workers, processes in [("1_thread", 1, False), (f"{cpus}_threads", cpus, False),
-                                     (f"{cpus}_processes", cpus, True)]:
-        with decoded_batches(listed, batches, (size, size), workers, processes) as reader:
-            next(reader)  # start-up (processes: spawn and import) is not timed
-            t0 = time.perf_counter()
-            n = sum(len(batch) for batch in reader)
-            out[f"{name}_images_per_s"] = n / (time.perf_counter() - t0)
-    return out
-
-
 def worker(args: argparse.Namespace) -> None:
     """One measurement in this process; prints one JSON line."""
     from pipeline.backbones import BackboneConfig, backbone_for
@@ -126,9 +89,7 @@ def worker(args: argparse.Namespace) -> None:
     images = np.stack([decode_image(args.source / p, bb.input_size) for p in listed.paths])
     batch = args.batch_size
     bb.embed(images[:batch], batch)  # compile / trace once
-    t0 = time.perf_counter()
-    bb.embed(images, batch)
-    res = {"raw": len(images) / (time.perf_counter() - t0)}
+    res = {"raw": timed_rate(lambda: bb.embed(images, batch), len(images), 0.0, 1)}
     if args.e2e:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -143,10 +104,7 @@ def spawn(variant: str, backbone: str, precision: str, source: Path, args: argpa
     env.update({**VARIANTS[variant], "PYTHONPATH": str(ROOT)})
     cmd = [sys.executable, __file__, "--worker", "--backbone", backbone, "--precision", precision,
            "--source", str(source), "--batch-size", str(args.batch_size)] + (["--e2e"] if args.e2e else [])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(cmd, env)
 
 
 def main() -> None:
@@ -167,11 +125,15 @@ def main() -> None:
     if args.worker:
         return worker(args)
     if args.make_preset:
-        return make_hub_preset(args.make_preset, args.source)
+        make_hub_preset(args.make_preset, args.source)
+        return None
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as presets:
         source = subset_source(args.source, args.images, Path(tmp))
-        decode = decode_rates(source)
-        print("decode (PIL, 224x224): " + ", ".join(f"{k} {v:.0f}" for k, v in decode.items()), flush=True)
+        from pipeline.images import list_images
+        from pipeline.workers import available_cpus
+
+        decode = decode_rates(list_images(source), (224, 224), available_cpus())
+        print("decode (PIL, 224x224, img/s): " + ", ".join(f"{k} {v}" for k, v in decode.items()), flush=True)
         configs = [(v, p) for v in args.backend.split(",") for p in args.precision.split(",")]
         results = []
         for backbone in args.backbones.split(","):
@@ -198,18 +160,6 @@ def main() -> None:
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps({"decode": decode, "cpu": cpu_name(), "results": results}, indent=1))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

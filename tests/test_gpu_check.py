@@ -4,13 +4,14 @@ limits, the JSON and the table (scripts/gpu_check.py; docs/gpu.md)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import DVC, ROOT, requires_shared
+from conftest import DVC, ROOT, WEIGHTS_025, kaggle_names, link_subset, requires_shared
 
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 
@@ -31,7 +32,8 @@ def test_cpu_smoke_writes_the_json_and_the_table(tmp_path):
     out = tmp_path / "out"
     # no wheels folder: the installed environment is used; one backbone, one precision, the decode rates
     proc = _run("--cpu-smoke", "--wheels", str(tmp_path / "no-wheels"), "--photos", str(photos), "--out", str(out),
-                "--images", "24", "--precisions", "float32", "--batch-sizes", "8", "--decode-modes", "processes")
+                "--images", "24", "--precisions", "float32", "--batch-sizes", "8", "--decode-modes", "processes",
+                "--hub", "", "--no-gpu-decode")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["photos"]["images"] == 24 and report["photos"]["distinct_photos"] == 6
@@ -69,9 +71,16 @@ def test_carry_size_counts_the_tree_and_the_carried_folders(tmp_path):
     proc = _run("--carry-size", str(carried), str(tmp_path / "absent"))
     assert proc.returncode == 0, proc.stderr
     assert "3.0 MiB  carry" in proc.stdout and "(absent)" in proc.stdout and "fits in the 64 MiB" in proc.stdout
+    assert "a.whl: not a wheel's name" in proc.stdout
     (carried / "b.whl").write_bytes(b"x" * (64 * 2**20))
     over = _run("--carry-size", str(carried))
     assert over.returncode == 1 and "DOES NOT FIT" in over.stdout
+
+
+def _matches_this_python(wheel: Path) -> bool:
+    python_tag = wheel.name[:-len(".whl")].split("-")[-3]
+    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    return python_tag == here or python_tag.startswith("py")
 
 
 WHEELS = sorted((ROOT / ".whl-cpu").glob("*.whl")) if (ROOT / ".whl-cpu").is_dir() else []
@@ -79,15 +88,74 @@ WHEELS = sorted((ROOT / ".whl-cpu").glob("*.whl")) if (ROOT / ".whl-cpu").is_dir
 
 @pytest.mark.slow
 @requires_shared
-@pytest.mark.skipif(not WHEELS, reason="no wheels for this Python in .whl-cpu/ (make gpu-wheels GPU_PY=3.11 "
-                    "GPU_WHEELS=.whl-cpu)")
-def test_carried_wheels_are_installed_and_imported_first(tmp_path):
+@pytest.mark.skipif(not WHEELS or not all(map(_matches_this_python, WHEELS)),
+                    reason="no wheels for this Python in .whl-cpu/ (make gpu-wheels GPU_PY=3.11 GPU_WHEELS=.whl-cpu)")
+def test_the_dry_run_in_an_environment_shaped_like_the_lent_machine(tmp_path):
+    """The documented command, in a venv holding only what the GPU machine has (no TensorFlow, no Keras): the
+    carried wheels are installed and imported first, and every variant, a keras-hub ViT included, runs on torch
+    without TensorFlow."""
+    env_dir = tmp_path / "machine"
+    built = subprocess.run([sys.executable, str(ROOT / "scripts" / "machine_env.py"), str(env_dir)],
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
     photos = tmp_path / "photos"
     _run("--copy-photos", str(DVC), str(photos), "4")
     out = tmp_path / "out"
-    proc = _run("--cpu-smoke", "--wheels", str(ROOT / ".whl-cpu"), "--photos", str(photos), "--out", str(out),
-                "--images", "8", "--precisions", "float32", "--batch-sizes", "4", "--decode-modes", "processes")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    proc = subprocess.run([str(env_dir / "bin" / "python"), str(SCRIPT), "--cpu-smoke", "--wheels",
+                           str(ROOT / ".whl-cpu"), "--photos", str(photos), "--out", str(out), "--backends", "torch",
+                           "--images", "8", "--image-size", "32", "--precisions", "float32", "--batch-sizes", "4",
+                           "--decode-modes", "processes", "--hub", "hub-vit-tiny"],
+                          cwd=ROOT, env=clean, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((out / "gpu_check.json").read_text())
-    assert {Path(w).name for w in report["wheels"]["wheels"]} == {w.name for w in WHEELS}
-    assert report["environment"]["keras_from"].startswith(report["wheels"]["site"])
+    assert report["complete"] and {Path(w).name for w in report["wheels"]["wheels"]} == {w.name for w in WHEELS}
+    facts = report["environment"]
+    assert facts["keras_from"].startswith(report["wheels"]["site"]) and not facts["tensorflow_importable"]
+    assert report["pythonpath"].split(os.pathsep) == [report["wheels"]["site"], str(ROOT)]
+    got = {v["name"]: v["result"] for v in report["variants"]}
+    assert not [n for n, r in got.items() if "error" in r], got
+    assert got["decode"]["pil"]["per_core_processes"] > 0
+    cnn = got["backbone mobilenetv2 torch float32 b4"]
+    assert cnn["backend"] == "torch" and cnn["batch"]["4"]["finite"] and not cnn["tensorflow_imported"]
+    vit = got["backbone hub-vit-tiny torch float32 b4"]
+    assert vit["input_size"] == [56, 56] and vit["batch"]["4"]["images_per_s"] > 0 and not vit["tensorflow_imported"]
+    e2e = got["e2e hub-vit-tiny torch float32 b4 processes"]
+    assert e2e["images"] == 8 and e2e["store_device"] == "CPU" and not e2e["tensorflow_imported"]
+    assert "skipped" in got["gpu_decode"] or got["gpu_decode"]["batch"]  # torchvision absent, or measured
+
+
+def test_a_child_cut_short_still_hands_back_what_it_measured(tmp_path):
+    """A measurement past its time limit is killed; the figures it printed before (one JSON line a step)
+    come back with the error, and each line was handed on as it came (the check rewrites its JSON then)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchkit import run_child
+
+    child = tmp_path / "child.py"
+    child.write_text("import json, time\nprint(json.dumps({'batch': {'64': 1200.0}}), flush=True)\n"
+                     "time.sleep(120)\nprint(json.dumps({'batch': {'64': 1200.0, '256': 3000.0}}))\n")
+    seen: list[dict] = []
+    got = run_child([sys.executable, str(child)], timeout=10, on_json=seen.append)
+    assert got["batch"] == {"64": 1200.0} and got["error"] == "timed out after 10 s" and 9 < got["wall_s"] < 60
+    assert [s["batch"] for s in seen] == [{"64": 1200.0}]
+    failed = run_child([sys.executable, "-c", "raise SystemExit('no GPU here')"], timeout=30)
+    assert failed["error"] == "no GPU here"
+
+
+@pytest.mark.slow
+@requires_shared
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_extraction_on_the_gpu_machines_backends_imports_no_tensorflow(tmp_path, backend):
+    """The lent GPU machine has no TensorFlow: on JAX and torch, extract-features (a keras.applications CNN)
+    must not import it, even where it is installed."""
+    pytest.importorskip(backend)
+    src = link_subset(DVC, tmp_path / "src", kaggle_names(2))
+    code = ("import sys; from click.testing import CliRunner; from pipeline.cli import main; "
+            f"r = CliRunner().invoke(main, ['extract-features', {str(src)!r}, '-o', {str(tmp_path / 'f.h5')!r}, "
+            f"'--backbone', 'mobilenet', '--weights', {str(WEIGHTS_025)!r}, '--alpha', '0.25', '--image-size', "
+            "'128', '-q']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": backend, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['keras']"

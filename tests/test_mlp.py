@@ -271,3 +271,23 @@ def test_ewc_lambda_moves_the_weights_less_and_keeps_old_classes():
         old_acc[lam] = np.mean(head.predict(Xo) == yo)
     assert moved[0.0] > moved[1.0] > moved[100.0]
     assert old_acc[100.0] > old_acc[0.0]
+
+
+def test_an_ewc_model_saved_before_the_fisher_was_normalised_keeps_its_penalty():
+    """Models saved before issue 24 hold the raw Fisher and ewc_lambda 1e5; loading one normalises the Fisher and
+    scales ewc_lambda by the same factor (lambda * F unchanged, the penalty a resumed run trains with), and says so."""
+    head = fitted("ewc", tasks=1)
+    new_state = copy.deepcopy(head.method.__getstate__())
+    old_state = copy.deepcopy(new_state)
+    del old_state["fisher_normalised_"]
+    old_state["ewc_lambda"] = 1e5
+    old_state["fisher_"] = [f * np.float32(1e-11) for f in old_state["fisher_"]]   # raw: mean 1e-11
+    method = type(head.method).__new__(type(head.method))
+    with pytest.warns(UserWarning, match="saved before its Fisher was normalised"):
+        method.__setstate__(old_state)
+    np.testing.assert_allclose(method.ewc_lambda, 1e5 * 1e-11, rtol=1e-4)
+    for f_old, f_loaded in zip(old_state["fisher_"], method.fisher_):
+        np.testing.assert_allclose(method.ewc_lambda * f_loaded, 1e5 * f_old, rtol=1e-4, atol=1e-30)
+    current = type(head.method).__new__(type(head.method))
+    current.__setstate__(new_state)   # a current model loads unchanged
+    assert current.ewc_lambda == head.method.ewc_lambda and current.fisher_normalised_

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import HELP_OPTIONS, WorkersType, _show_warnings, friendly_errors
+from pipeline.cli.common import HELP_OPTIONS, WorkersType, _show_warnings, friendly_errors, note
+from pipeline.options import IMAGE_SIZE_RANGE
 
 
 EXTRACT_EPILOG = """\b
@@ -66,7 +67,7 @@ def _list_backbones(ctx: click.Context, _param: click.Parameter, value: bool) ->
                    "hub:/path/to/preset_folder (offline). See --list-backbones and docs/backbones.md.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local .weights.h5 file.")
 @click.option("--alpha", type=float, default=None, help="Width multiplier (MobileNet families).")
-@click.option("--image-size", type=int, default=None,
+@click.option("--image-size", type=click.IntRange(*IMAGE_SIZE_RANGE), default=None,
               help="Square input side (default: the backbone's own). keras-hub: DINOv2/DINOv3 only.")
 @click.option("--pooling", type=click.Choice(["avg", "max", "none", "cls", "mean", "cls+mean", "embedding"]),
               default=None, help="keras.applications: avg (default), max, none (the flattened feature map, large). "
@@ -84,7 +85,7 @@ def _list_backbones(ctx: click.Context, _param: click.Parameter, value: bool) ->
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Stored feature type; float16 halves the file.")
 @click.option("--compression", type=click.Choice(["lzf", "gzip"]), default=None, help="HDF5 compression (slower reads).")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the image order shuffle.")
+@click.option("--seed", type=click.IntRange(0), default=42, show_default=True, help="Seed of the image order shuffle.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the sorted file order.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: run the partitions on a Ray cluster (RAY_ADDRESS, else a local Ray); OUT must be on a "
@@ -118,6 +119,8 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
     Interrupt it at any time and rerun the same command to continue.
     """
     _show_warnings()
+    if layer is not None and model_path is None:
+        raise click.UsageError("--layer names a layer of your own model: pass it with --model FILE.keras")
     from pipeline.backbones import HUB_PREFIX, BackboneConfig
     from pipeline.extract import extract_features
     from pipeline.extraction import make_executor
@@ -136,6 +139,8 @@ def extract_features_cmd(source: Path, out: Path, layout: str, label_key: str | 
     n_workers: int | None
     if executor == "local":
         n_workers = resolve_workers(workers, device())
+        if workers != "auto" and n_workers < int(workers):
+            note(f"note: --workers {workers} capped to {n_workers}, the cores this process may use")
     else:  # actors: the cluster's shape decides (the driver does not look at its own device)
         n_workers = None if workers == "auto" else int(workers)
     excluded = 0

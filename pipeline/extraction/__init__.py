@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.backbones import Backbone, BackboneConfig, as_config
+from pipeline.errors import OptionError
 from pipeline.extraction.executors import Executor, LocalExecutor, RayExecutor, make_executor, progress_bar
 from pipeline.extraction.finalize import finalize as _finalize
 from pipeline.extraction.lock import output_lock
@@ -30,6 +33,13 @@ from pipeline.images import ImageSource
 
 __all__ = ["extract_features", "ExtractResult", "Executor", "LocalExecutor", "RayExecutor", "make_executor", "PartitionJob", "PartitionResult",
            "Partition", "ExtractionPlan", "make_plan", "run_partition", "run_partitions", "file_order"]
+
+
+def check_extraction_options(seed: int, batch_size: int, checkpoint_rows: int) -> None:
+    """Refuse, before anything is written, what cannot work (a negative seed, an empty batch)."""
+    for name, value, low in (("seed", seed, 0), ("batch_size", batch_size, 1), ("checkpoint_rows", checkpoint_rows, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass
@@ -75,6 +85,7 @@ def extract_features(
     An executor that is a context manager (:class:`RayExecutor`) is entered for the run.
     """
     out = Path(out)
+    check_extraction_options(seed, batch_size, checkpoint_rows)
     config = as_config(backbone)
     executor = executor or LocalExecutor(decode_threads=workers, decode=decode)
     result = ExtractResult(out=out, files=len(source.paths), merged=merge)
@@ -92,8 +103,10 @@ def extract_features(
             return result
         todo = sum(len(p) for p in plan.missing)
         result.resumed_at = len(source.paths) - todo
-        job = PartitionJob(config, source, source.label_indices(), plan.order, plan.parts, plan.attrs, batch_size,
-                           dtype)
+        # a batch is never larger than the source: a short last batch is padded to the batch size (stable
+        # features), and --batch-size 100000 for 100 images must not embed 99,900 blank ones
+        job = PartitionJob(config, source, source.label_indices(), plan.order, plan.parts, plan.attrs,
+                           max(1, min(batch_size, len(source.paths))), dtype)
         timings = {"embed_s": 0.0, "decode_wait_s": 0.0, "shard_write_s": 0.0}
         t_start = time.perf_counter()
         with progress_bar(len(source.paths), result.resumed_at, progress) as bar:

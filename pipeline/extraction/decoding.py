@@ -12,11 +12,24 @@ so only batch indices go out and pixel arrays come back.
 ``decode`` = ``auto`` picks processes from :data:`PROCESS_DECODE_MIN` decode
 workers on (only machines with that many cores get so many workers), threads
 below: on a 2-core machine processes only add start-up and copies.
+
+Decoder processes die with their parent: a ``kill -9`` of the command must not
+leave them (and multiprocessing's resource tracker, which ends when they do)
+running on. On Linux each asks the kernel for SIGKILL when its parent goes
+(``prctl(PR_SET_PDEATHSIG)``); everywhere a daemon thread also watches the
+parent's pid and exits when it changes (the fallback, and the check for a parent
+that died before the ``prctl``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -83,8 +96,38 @@ _SOURCE: ImageSource | None = None
 _SIZE: tuple[int, int] = (0, 0)
 
 
-def _start_decoder(source: ImageSource, size: tuple[int, int]) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_S = 0.5
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` (the pid that started it) dies, however it dies.
+
+    Linux: the kernel sends SIGKILL when the parent goes (strictly: when the parent's thread that
+    started this process ends; the pool is made and used by one thread). Everywhere: a daemon thread
+    polls the parent pid (a child is re-parented when its parent dies) and exits at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watch below still holds
+            pass
+    if os.getppid() != parent:  # the parent died before the prctl took hold
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def _start_decoder(source: ImageSource, size: tuple[int, int], parent: int | None = None) -> None:
     global _SOURCE, _SIZE
+    if parent is not None:
+        die_with_parent(parent)
     _SOURCE, _SIZE = source, size
 
 
@@ -112,5 +155,5 @@ def decoded_batches(source: ImageSource, batches: Iterable[list[int]], size: tup
     # spawn, not fork: the parent runs TensorFlow's threads, and forking a threaded process can deadlock
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_decoder,
-                             initargs=(source, size)) as pool:
+                             initargs=(source, size, os.getpid())) as pool:
         yield _in_order(batches, lambda items: pool.submit(_decode_batch, items), _result, ahead=2 * workers)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pipeline.errors import StoreError, one_line
+from pipeline.fsutil import pause_point
 from pipeline.extraction.plan import ExtractionPlan, Partition, discard_parts
 from pipeline.store import WRITE_ERRORS, FeatureStore, StoreWriter, atomic_path
 from pipeline.store_parts import read_manifest, write_manifest
@@ -44,6 +45,7 @@ def merge_shards(plan: ExtractionPlan, dtype: str, compression: str | None) -> F
                 with open_shard(plan, part) as shard:
                     for chunk in shard.iter_chunks(8192):
                         writer.append(chunk.X, chunk.y, chunk.paths)
+                        pause_point("store-merge", tmp)
                     skipped = shard.skipped()
                 writer.add_skipped([p for p, _ in skipped], [r for _, r in skipped])
             done = Finalized(writer.rows, int(writer.skipped_paths.shape[0]))

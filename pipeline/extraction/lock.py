@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import StoreError
+from pipeline.fsutil import pause_point
 
 
 def lock_path(out: Path) -> Path:
@@ -34,8 +35,10 @@ def output_lock(out: Path) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _holder(fd)
             os.close(fd)
-            raise StoreError(f"another run is writing {out} (it holds {path}); wait for it to finish") from None
+            raise StoreError(f"another run is writing {out} ({holder}holds {path}); wait for it to finish, "
+                             "or write elsewhere") from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -50,11 +53,21 @@ def output_lock(out: Path) -> Iterator[Path]:
         pass
     try:
         remove_stale_temporaries(out)
+        pause_point("locked", out)
         yield path
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """``process N `` from the lock file (the holder writes its pid just after locking), else ``it ``."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return f"process {text} " if text.isdigit() else "it "
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import StoreError
+from pipeline.fsutil import parse_json
 from pipeline.images import ImageSource, listing_digest
 from pipeline.store import WRITE_ERRORS, FeatureStore
 from pipeline.identity import extraction_identity
@@ -123,7 +124,11 @@ def _check_existing(out: Path, settings: dict[str, Any], manifest: dict[str, Any
             return None, False
         raise StoreError(f"{out} exists and is not a usable store ({exc}); pass --overwrite to replace it") from None
     with existing:
-        old = json.loads(existing.meta.get("extract_settings", "{}") or "{}")
+        try:
+            old = parse_json(existing.meta.get("extract_settings", "{}") or "{}", f"{out}: extract_settings")
+        except ValueError as exc:
+            raise StoreError(f"{out}: its extract_settings are not readable JSON ({exc}); pass --overwrite to "
+                             "replace it") from None
         run = existing.meta.get("extraction_run", "")
         leftover = bool(existing.complete and manifest is not None and run and run == manifest.get("run_id"))
         if overwrite:

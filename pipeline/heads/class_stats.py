@@ -30,6 +30,9 @@ class ClassStatistics:
     """``counts_`` (C,), ``means_`` (C, D) and the within-class scatter (D, D)."""
 
     product = "float64"  # models saved before the option existed
+    # checked when a model file is loaded (pipeline.heads.state_check): C classes of the head, dim features
+    state_schema = {"dim": "count", "counts_": "array[C]", "means_": "array[C,dim]", "refs_": "array[C,dim]",
+                    "shifted_": "array[dim,dim]"}
 
     def __init__(self, dim: int, product: str = "float64"):
         check_memory(2 * dim * dim * 8, f"statistics of {dim} dimensions (two {dim} x {dim} float64 matrices)",

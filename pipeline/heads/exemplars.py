@@ -131,6 +131,13 @@ class ExemplarSet:
     X: np.ndarray          # exemplar features (float32), herding order
     paths: list[str]
 
+    state_schema = {"X": "array[*,D]"}  # pipeline.heads.state_check
+
+    def _check_state(self, dims: dict[str, int]) -> None:
+        if not isinstance(self.paths, list) or len(self.paths) != len(self.X):
+            raise ValueError(f"{len(self.X)} exemplars but {len(self.paths) if isinstance(self.paths, list) else 'no'} "
+                             "paths")
+
 
 @dataclass
 class ExemplarMemory:
@@ -138,6 +145,16 @@ class ExemplarMemory:
 
     budget: int = DEFAULT_MEMORY
     sets: dict[Hashable, ExemplarSet] = field(default_factory=dict)
+
+    state_schema = {"budget": "count"}  # pipeline.heads.state_check
+
+    def _check_state(self, dims: dict[str, int]) -> None:
+        from pipeline.heads.state_check import check_object
+
+        if not isinstance(self.sets, dict) or not all(isinstance(s, ExemplarSet) for s in self.sets.values()):
+            raise ValueError("sets is not a mapping of class -> ExemplarSet")
+        for label, exemplars in self.sets.items():
+            check_object(exemplars, dims, f"exemplars of {label!r}", set())
 
     @property
     def per_class(self) -> int:
@@ -248,6 +265,8 @@ class ExperienceReplay:
     chunk plus as many rows drawn from memory, shuffled together, and where
     the chunk's own rows went (so progressive metrics count only new rows).
     """
+
+    state_schema = {"memory": "object"}  # pipeline.heads.state_check (with the model's feature count D)
 
     def __init__(self, budget: int = DEFAULT_MEMORY, pool_size: int = DEFAULT_POOL_SIZE, seed: int = 0):
         self.memory = ExemplarMemory(budget)

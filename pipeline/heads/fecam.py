@@ -71,6 +71,16 @@ class FeCAMHead(BlockProgressive, Head):
     )
     capabilities = Capabilities(order_free=True, mergeable=True, class_incremental="adds a Gaussian; no forgetting")
 
+    # pipeline.heads.state_check: per class a count, a mean, a reference and a (D, D) or (D,) scatter
+    state_schema = {"version_": "count", "counts_": "array[C]", "means_": "array?[C,D]", "refs_": "array?[C,D]",
+                    "shifted_": "array?[C,D,...]"}
+
+    def _check_state(self, dims: dict[str, int]) -> None:
+        if self.classes_ and (self.means_ is None or self.refs_ is None or self.shifted_ is None):
+            raise ValueError(f"per-class statistics are missing but the head knows {len(self.classes_)} classes")
+        if self.shifted_ is not None and self.shifted_.shape[1:] not in ((dims["D"], dims["D"]), (dims["D"],)):
+            raise ValueError(f"shifted_ has shape {self.shifted_.shape}; expected (C, D, D) or (C, D), D = {dims['D']}")
+
     def __init__(self, shrinkage: float | str = 0.5, power: float = 0.5, covariance: str = "full",
                  normalize: bool = True):
         super().__init__()

@@ -69,6 +69,28 @@ class MLPHead(Head):
                                 class_incremental="grows an output column (old logits kept)")
     state_classes = tuple(METHODS.values())  # a method is saved with the head
 
+    state_schema = {"steps_": "count", "calls_": "count", "tasks_done_": "count"}  # pipeline.heads.state_check
+
+    def _check_state(self, dims: dict[str, int]) -> None:
+        """Layers chained from D inputs: (D, h1), (h1,), ..., (h_k, out), (out,), with out >= 1."""
+        params = self.params_
+        if params is None:
+            return
+        if not isinstance(params, list) or len(params) != 2 * (len(self.hidden) + 1):
+            raise ValueError(f"params_ holds {len(params) if isinstance(params, list) else type(params).__name__} "
+                             f"arrays; expected {2 * (len(self.hidden) + 1)} for hidden layers {self.hidden}")
+        fan_in = dims["D"]
+        for k in range(0, len(params), 2):
+            W, b = params[k], params[k + 1]
+            if not (isinstance(W, np.ndarray) and isinstance(b, np.ndarray) and W.dtype.kind == "f"
+                    and b.dtype.kind == "f" and W.ndim == 2 and W.shape[0] == fan_in and b.shape == (W.shape[1],)):
+                raise ValueError(f"layer {k // 2 + 1} has weights of shapes {np.shape(W)} and {np.shape(b)}; "
+                                 f"expected ({fan_in}, N) and (N,)")
+            fan_in = W.shape[1]
+        if self.adam_ is not None and not (len(self.adam_) == 2 and all(
+                len(m) == len(params) and all(np.shape(a) == p.shape for a, p in zip(m, params)) for m in self.adam_)):
+            raise ValueError("adam_ moments do not match the shapes of params_")
+
     def __init__(self, hidden: int | Sequence[int] = 512, batch_size: int = 64, chunk_passes: int = 1,
                  lr: float = 1e-3, seed: int = 0, method: str = "finetune", memory: int = DEFAULT_MEMORY,
                  pool_size: int = DEFAULT_POOL_SIZE, ewc_lambda: float = 1.0, gamma: float = 1.0, temperature: float = 2.0,

@@ -56,6 +56,12 @@ class NMEHead(Head):
                                 sequential="herding picks exemplars from the whole stream (use --class-means "
                                            "exact, whose means are sums)")
 
+    state_schema = {"sums_": "array?[C,D]", "counts_": "array[C]", "memory_": "object"}  # pipeline.heads.state_check
+
+    def _check_state(self, dims: dict[str, int]) -> None:
+        if self.classes_ and self.sums_ is None:
+            raise ValueError(f"sums_ is missing but the head knows {len(self.classes_)} classes")
+
     def __init__(self, memory: int = DEFAULT_MEMORY, class_means: str = "exemplar", pool_size: int = DEFAULT_POOL_SIZE,
                  seed: int = 0):
         super().__init__()

@@ -68,6 +68,25 @@ def _log_gradient_one(raw: float, positive: bool) -> float:
 
 
 class OnlineLinearModel:
+    state_schema = {"n_classes": "count", "count": "count", "W": "array[*,*]", "b": "array[*]", "t": "array[*]",
+                    "mean": "array[*]", "var": "array[*]", "std": "array[*]", "M": "array?[*,*]",
+                    "V": "array?[*,*]"}  # and _check_state (pipeline.heads.state_check)
+
+    def _check_state(self, dims: dict[str, int]) -> None:
+        if self.n_classes != dims["C"]:
+            raise ValueError(f"n_classes is {self.n_classes}; the head has {dims['C']} classes")
+        rows = min(self.n_classes, 1) if self.binary else self.n_classes
+        if self.W.shape[0] != rows or self.b.shape != (rows,) or self.t.shape != (rows,):
+            raise ValueError(f"weights of shapes W {self.W.shape}, b {self.b.shape}, t {self.t.shape}; expected "
+                             f"{rows} rows for {self.n_classes} classes")
+        if rows and (self.W.shape[1] != dims["D"] or any(a.shape != (dims["D"],) for a in (self.mean, self.var,
+                                                                                           self.std))):
+            raise ValueError(f"weights of {self.W.shape[1]} features and a scaler of {self.mean.shape[0]}; the head "
+                             f"has {dims['D']}")
+        for name in ("M", "V"):
+            moment = getattr(self, name, None)
+            if moment is not None and moment.shape != self.W.shape:
+                raise ValueError(f"{name} has shape {moment.shape}; expected the weights' {self.W.shape}")
     """The numeric state and updates; classes are column indices 0..K-1 in arrival order."""
 
     def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float | None = 0.01, l2: float = 0.0,
@@ -341,6 +360,8 @@ BATCH_OPTION = Option("batch_size", int, None, "mini-batches of N rows (River le
 
 class FastLinearHead(Head):
     """``logreg`` / ``softmax`` on :class:`OnlineLinearModel` (``--engine numpy``, the default)."""
+
+    state_schema = {"model_": "object"}  # pipeline.heads.state_check
 
     def __init__(self, kind: str = "logreg", optimizer: str = "sgd", lr: float | None = None, l2: float = 0.0,
                  scale: bool = True, batch_size: int | None = None):

@@ -31,12 +31,21 @@ class StatisticsHead(BlockProgressive, Head):
 
     version_ = 0      # bumped whenever the statistics change (class default for models saved before)
     _solution: tuple[int, np.ndarray, np.ndarray, float] | None = None
+    state_schema = {"version_": "count", "stats_": "object?"}  # pipeline.heads.state_check
 
     def __init__(self) -> None:
         super().__init__()
         self.stats_: ClassStatistics | None = None
         self.version_ = 0
         self._solution = None
+
+    def _check_state(self, dims: dict[str, int]) -> None:
+        """A loaded state: statistics of every class, in the head's dimension (pipeline.heads.state_check)."""
+        if self.stats_ is None:
+            if self.classes_:
+                raise ValueError(f"stats_ is missing but the head knows {len(self.classes_)} classes")
+        elif self.stats_.dim != self._stats_dim():
+            raise ValueError(f"stats_ has {self.stats_.dim} dimensions; this head's are {self._stats_dim()}")
 
     # -- hooks -----------------------------------------------------------------
     def _features(self, X: np.ndarray) -> np.ndarray:

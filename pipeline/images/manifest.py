@@ -23,6 +23,7 @@ from pipeline.images.paths import file_problem, record_path
 
 DELIMITERS = (",", ";", "\t")
 _MAX_ERRORS_SHOWN = 5
+_MAX_REPEATS_SHOWN = 3  # repeated rows named one by one; beyond, one summary line
 
 
 def _decode(data: bytes, manifest: Path, encoding: str | None, notes: list[str]) -> str:
@@ -109,11 +110,14 @@ def list_manifest(manifest: Path, root: Path | None = None, encoding: str | None
     root = manifest.parent if root is None else root
     rows, notes = read_rows(manifest, encoding)
     errors: list[str] = []
+    repeats: list[str] = []
     seen: dict[str, tuple[int, str | None]] = {}
     for line, raw, label in rows:
         path = _relative(raw) if raw else None
         if not raw:
             errors.append(f"line {line} has no path")
+        elif "\0" in raw or (label is not None and "\0" in label):
+            errors.append(f"line {line}: its {'path' if chr(0) in raw else 'label'} holds a NUL character")
         elif path is None:
             errors.append(f"line {line}: {raw!r} is not inside {root} (paths must be relative to it, without "
                           "leaving it through '..')")
@@ -122,7 +126,7 @@ def list_manifest(manifest: Path, root: Path | None = None, encoding: str | None
         elif path in seen:
             first, first_label = seen[path]
             if first_label == label:
-                notes.append(f"{manifest.name}: {path} is listed on lines {first} and {line}; it is used once")
+                repeats.append(f"{path} is listed on lines {first} and {line}")
             else:
                 def say(lab: str | None) -> str:
                     return f"label {lab!r}" if lab is not None else "no label"
@@ -132,6 +136,11 @@ def list_manifest(manifest: Path, root: Path | None = None, encoding: str | None
             seen[path] = (line, label)
     if errors:
         _fail(manifest, errors)
+    if len(repeats) <= _MAX_REPEATS_SHOWN:
+        notes += [f"{manifest.name}: {text}; it is used once" for text in repeats]
+    else:
+        notes.append(f"{manifest.name}: {len(repeats):,} rows repeat a path listed before with the same label "
+                     f"(first: {repeats[0]}); each path is used once")
     ordered = sorted(seen)
     labels = [None if (given := seen[p][1]) is None else record_path(given) for p in ordered]
     problems = {i: r for i, p in enumerate(ordered) if (r := file_problem(root / p)) is not None}

@@ -100,6 +100,8 @@ def file_problem(path: str | Path) -> str | None:
     """
     try:
         st = os.stat(path)
+    except ValueError:  # "embedded null byte"
+        return "the file name holds a NUL character"
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "symbolic link loop"

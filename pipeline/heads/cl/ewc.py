@@ -24,6 +24,7 @@ per-row weight gradient is ``a^2 d^2``, so the diagonal is
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -73,6 +74,31 @@ class EWC(Method):
         self.anchor_: list[np.ndarray] | None = None
         self.tasks_ = 0
         self.pools_ = ClassPools(pool_size, seed)
+        self.fisher_normalised_ = True
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A model saved before the Fisher was normalised (issue 24) keeps the penalty it trained with.
+
+        Its accumulated Fisher is raw (tiny) and its ``ewc_lambda`` the old default 1e5: the Fisher is
+        normalised here and ``ewc_lambda`` scaled by the same factor, so ``lambda * F`` (the penalty a resumed
+        run trains with) is unchanged; the warning says how weak that is, next to the current default.
+        """
+        self.__dict__.update(state)
+        if state.get("fisher_normalised_"):
+            return
+        self.fisher_normalised_ = True
+        if self.fisher_ is None:   # no task ended: nothing to rescale, the saved ewc_lambda now weighs a normalised Fisher
+            return
+        total = sum(float(f.sum(dtype=np.float64)) for f in self.fisher_)
+        mean = total / max(sum(f.size for f in self.fisher_), 1)
+        old_lambda = self.ewc_lambda
+        if mean > 0:
+            self.fisher_ = [f / np.float32(mean) for f in self.fisher_]
+            self.ewc_lambda = float(old_lambda * mean)
+        warnings.warn(f"this EWC model was saved before its Fisher was normalised (issue 24): its ewc_lambda "
+                      f"{old_lambda:g} on the raw Fisher is ewc_lambda {self.ewc_lambda:.3g} on the normalised one "
+                      f"(the current default is 1), kept so that a resumed run trains with the penalty it had; "
+                      f"retrain to use another ewc_lambda", UserWarning, stacklevel=2)
 
     def options(self) -> dict[str, Any]:
         return {"ewc_lambda": self.ewc_lambda, "gamma": self.gamma, "pool_size": self.pool_size}
