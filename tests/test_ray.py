@@ -46,10 +46,12 @@ def _same_predictions(a, b, stores: list[Path]) -> None:
 
 
 HEADS = [("slda", {}), ("ridge", {}), ("ridge", {"random_features": 40, "ridge_lambda": 1.0}),
-         ("nme", {"class_means": "exact"}), ("fecam", {}), ("klda", {"random_features": 64})]
+         ("nme", {"class_means": "exact"}), ("fecam", {}), ("klda", {"random_features": 64}),
+         ("ridge", {"ridge_lambda": "heldout"})]
 
 
-@pytest.mark.parametrize("head,options", HEADS, ids=["slda", "ridge", "ridge-ranpac", "nme-exact", "fecam", "klda"])
+@pytest.mark.parametrize("head,options", HEADS, ids=["slda", "ridge", "ridge-ranpac", "nme-exact", "fecam", "klda",
+                                                     "ridge-heldout"])
 def test_ray_training_equals_one_process(ray_cluster, stores, tmp_path, head, options):
     local, m_local = _train(stores, tmp_path, head, "local", head=head, holdout=0.25, head_options=options)
     par, m_par = _train(stores, tmp_path, head, "ray", head=head, holdout=0.25, workers=2, head_options=options)
@@ -82,6 +84,23 @@ def test_partitions_reduce_in_process_to_the_same_head(stores):
         merged, rows = fit_mergeable(HeadSpec.of("ridge", one, 12), StreamSpec.of(stream), InProcess(), parts)
         assert rows == 1500
         np.testing.assert_allclose(merged.coef_, one.coef_, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,options", [("ridge", (("ridge_lambda", "heldout"),)), ("fecam", ()),
+                                          ("klda", (("random_features", 64),))])
+def test_partitions_of_the_new_heads_reduce_to_one_process(stores, name, options):
+    """What the Ray path does (split into row ranges, fit each, merge), in process: equal to one pass."""
+    with FeatureStream(stores, chunk_rows=64) as stream:
+        one = HeadSpec(name, 12, options).build()
+        for batch in stream:
+            one.partial_fit(batch.X, batch.y)
+        parts = plan_partitions([(str(s.path), s.n_rows) for s in stream.stores], 170)
+        merged, rows = fit_mergeable(HeadSpec.of(name, one, 12), StreamSpec.of(stream), InProcess(), parts)
+        X = np.concatenate([b.X for b in stream])
+    assert rows == 1500 and len(parts) > 2
+    np.testing.assert_allclose(merged.predict_proba(X), one.predict_proba(X), rtol=1e-7, atol=1e-9)
+    if name == "ridge":
+        assert merged.lambda_ == one.lambda_ and merged.slice_stats_.n == one.slice_stats_.n > 0
 
 
 @pytest.mark.parametrize("args,why", [(["--head", "logreg"], "SGD"), (["--head", "softmax"], "SGD"),
