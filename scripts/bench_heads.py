@@ -11,15 +11,16 @@ product (float64 GEMM) on data already in memory. Reported in one run:
 
 Issue 20 measurements (``--issue20``, each in its own process, alternated):
 - whole ``train-incremental`` command, ridge ``--lambda auto`` against slda, on
-  a 1280-d store (``--compare-rows``); share of training time spent in
-  progressive-validation solves, per statistics head;
+  1280-d stores (``--compare-rows``); share of training time spent in
+  progressive evaluation (all of progressive_fit but the learning in it),
+  and in its solves, per statistics head;
 - RanPAC ``--random-features 10000`` (fixed lambda): seconds per row and peak
   RSS at two store sizes (``--ranpac-rows``, written with the store writer),
   projected to 200,000 and 1,000,000 rows; float32 against float64 chunk
   products of the statistics.
 
     python scripts/bench_heads.py [--rows 40000]
-    python scripts/bench_heads.py --issue20 [--compare-rows 2569] [--ranpac-rows 50000,200000]
+    python scripts/bench_heads.py --issue20 [--compare-rows 2569,20000] [--ranpac-rows 50000,200000] [--skip-ranpac]
 """
 
 from __future__ import annotations
@@ -78,42 +79,42 @@ import json, resource, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
 from pipeline.heads.registry import heads
-spent, state = [0.0], {"in_progressive": 0, "depth": 0}
-def wrap(cls, name, progressive):
-    inner = getattr(cls, name)
+# progressive evaluation = time in progressive_fit minus the learning inside it; solves = _progressive_rule
+acc = {"progressive": 0.0, "learn": 0.0, "solve": 0.0}
+depth = {"progressive": 0, "learn": 0, "solve": 0}
+# a block's features (_progressive_input) are computed once and learnt from: counted as learning
+KIND = {"progressive_fit": "progressive", "_progressive_learn": "learn", "partial_fit": "learn",
+        "_progressive_input": "learn", "_progressive_rule": "solve"}
+def wrap(cls, name):
+    inner, kind = getattr(cls, name), KIND[name]
     def wrapper(self, *a, **k):
-        if progressive:
-            state["in_progressive"] += 1
-            try:
-                return inner(self, *a, **k)
-            finally:
-                state["in_progressive"] -= 1
-        if not state["in_progressive"] or state["depth"]:
+        if depth[kind] or (kind != "progressive" and not depth["progressive"]):
             return inner(self, *a, **k)
-        state["depth"] += 1
+        depth[kind] += 1
         t = time.perf_counter()
         try:
             return inner(self, *a, **k)
         finally:
-            spent[0] += time.perf_counter() - t
-            state["depth"] -= 1
+            acc[kind] += time.perf_counter() - t
+            depth[kind] -= 1
     setattr(cls, name, wrapper)
 seen = set()
 for c in heads().values():
     for klass in c.__mro__:
-        for name in ("_progressive_coefficients", "_class_factors", "progressive_fit"):
+        for name in KIND:
             if name in klass.__dict__ and (klass, name) not in seen:
                 seen.add((klass, name))
-                wrap(klass, name, name == "progressive_fit")
+                wrap(klass, name)
 from pipeline.runs import run_training
 args = json.loads(sys.argv[1])
 t1 = time.perf_counter()
 m = run_training([Path(args["store"])], head=args["head"], head_options=args["options"], holdout=args["holdout"],
                  quiet=True, echo=lambda s: None, out=lambda s: None)
 t2 = time.perf_counter()
-print(json.dumps({"whole_s": t2 - t0, "train_s": t2 - t1, "progressive_solve_s": spent[0],
-                  "heldout": m["heldout"]["accuracy"], "peak_rss_mb":
-                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"whole_s": t2 - t0, "train_s": t2 - t1, "progressive_solve_s": acc["solve"],
+                  "progressive_eval_s": acc["progressive"] - acc["learn"], "learn_s": acc["learn"],
+                  "heldout": m["heldout"]["accuracy"], "progressive": m["progressive"]["accuracy"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -126,24 +127,37 @@ def child(store: Path, head: str, options: dict, holdout: float = 0.2) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def args_rows_first(args: argparse.Namespace) -> int:
+    return int(str(args.compare_rows).split(",")[0])
+
+
 def issue20(args: argparse.Namespace) -> dict:
     res: dict = {"machine": "shared 2-core AMD EPYC (other jobs running)"}
     with tempfile.TemporaryDirectory() as tmp:
-        store = write_store_dim(Path(tmp) / "c.h5", args.compare_rows, 5, 1280)
-        runs: dict[str, list[dict]] = {}
+        store = write_store_dim(Path(tmp) / "c.h5", args_rows_first(args), 5, 1280)
         cases = [("slda", "slda", {}), ("ridge-auto", "ridge", {}), ("fecam", "fecam", {}),
                  ("klda", "klda", {})]
-        for _ in range(args.repeats):
-            for label, head, opts in cases:
-                runs.setdefault(label, []).append(child(store, head, opts))
-                r = runs[label][-1]
-                print(f"{label:>10}: whole {r['whole_s']:.1f} s, training {r['train_s']:.1f} s, progressive solves "
-                      f"{r['progressive_solve_s']:.2f} s ({r['progressive_solve_s'] / r['train_s']:.0%} of training), "
-                      f"peak {r['peak_rss_mb']:.0f} MB", flush=True)
-        best = {k: min(v, key=lambda r: r["whole_s"]) for k, v in runs.items()}
-        res["compare"] = {"rows": args.compare_rows, "dim": 1280, "runs": runs,
-                          "ridge_auto_over_slda": best["ridge-auto"]["whole_s"] / best["slda"]["whole_s"]}
-        print(f"ridge --lambda auto / slda, whole command: {res['compare']['ridge_auto_over_slda']:.2f}x", flush=True)
+        res["compare"] = []
+        for rows in [int(v) for v in str(args.compare_rows).split(",")]:
+            if rows != args_rows_first(args):
+                store = write_store_dim(Path(tmp) / f"c{rows}.h5", rows, 5, 1280)
+            runs: dict[str, list[dict]] = {}
+            for _ in range(args.repeats):
+                for label, head, opts in cases:
+                    runs.setdefault(label, []).append(child(store, head, opts))
+                    r = runs[label][-1]
+                    print(f"{rows:>7,} rows {label:>10}: whole {r['whole_s']:.1f} s, training {r['train_s']:.1f} s, "
+                          f"progressive evaluation {r['progressive_eval_s']:.2f} s "
+                          f"({r['progressive_eval_s'] / r['train_s']:.0%} of training; solves "
+                          f"{r['progressive_solve_s']:.2f} s), progressive {r['progressive']:.3f}, held-out "
+                          f"{r['heldout']:.3f}, peak {r['peak_rss_mb']:.0f} MB", flush=True)
+            best = {k: min(v, key=lambda r: r["whole_s"]) for k, v in runs.items()}
+            res["compare"].append({"rows": rows, "dim": 1280, "runs": runs,
+                                   "ridge_auto_over_slda": best["ridge-auto"]["whole_s"] / best["slda"]["whole_s"]})
+            print(f"{rows:,} rows: ridge --lambda auto / slda, whole command: "
+                  f"{res['compare'][-1]['ridge_auto_over_slda']:.2f}x", flush=True)
+        if args.skip_ranpac:
+            return res
         sizes = [int(v) for v in args.ranpac_rows.split(",")]
         res["ranpac"] = []
         for rows in sizes:
@@ -189,7 +203,8 @@ def main() -> None:
     parser.add_argument("--rss-rows", type=int, default=20000)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--issue20", action="store_true", help="the issue-20 measurements only")
-    parser.add_argument("--compare-rows", type=int, default=2569)
+    parser.add_argument("--compare-rows", default="2569", help="store sizes, comma-separated (e.g. 2569,20000)")
+    parser.add_argument("--skip-ranpac", action="store_true", help="only the head comparison")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--ranpac-rows", default="50000,200000")
     args = parser.parse_args()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +87,46 @@ def make_blobs_store(path: Path, n: int, dim: int, classes: list[str], seed: int
     writer.append(X, y, [f"img{seed}_{i}.jpg" for i in range(n)])
     writer.close(complete=True)
     return path
+
+
+def _contents(path: Path) -> tuple:
+    from pipeline.store import open_store
+
+    with open_store(path) as store:
+        chunk = store.read(0, store.n_rows)
+        return chunk.X, chunk.y.tolist(), chunk.paths, store.skipped(), store.classes
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    """Features (bitwise), labels, paths in order, skipped files with reasons and classes are equal."""
+    Xa, *rest_a = _contents(a)
+    Xb, *rest_b = _contents(b)
+    assert rest_a == rest_b
+    np.testing.assert_array_equal(Xa, Xb)
+    assert Xa.tobytes() == Xb.tobytes()
+
+
+def sigkill_after_shards(proc: subprocess.Popen, parts: Path, shards: int, timeout: float) -> int:
+    """SIGKILL ``proc`` (a running extraction) once ``parts`` holds ``shards`` finished shards, or once it
+    exits or ``timeout`` seconds pass; returns how many shards were there when it was killed."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("shard-*.h5"))) < shards:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(parts.glob("shard-*.h5")))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray (2 CPUs) for the whole session: started on first use, shut down at the end."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'incremental-pipeline[ray]'")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    if started:
+        ray.shutdown()
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -255,14 +255,16 @@ def test_auto_lambda_solve_reuses_the_eigendecomposition_of_gcv(monkeypatch):
 def test_progressive_solves_are_few_and_bounded_by_the_dimension():
     X, y = data(3000, dim=20)
     head = RidgeHead()
-    calls = []
-    real = RidgeHead._cholesky_solve
+    calls, early = [], []
+    real, real_diagonal = RidgeHead._cholesky_solve, RidgeHead._diagonal_rule
     RidgeHead._cholesky_solve = lambda self, lam: calls.append(self.stats_.n) or real(self, lam)
+    RidgeHead._diagonal_rule = lambda self: early.append(self.stats_.n) or real_diagonal(self)
     try:
         preds = head.progressive_fit(X, y)
     finally:
-        RidgeHead._cholesky_solve = real
-    assert calls == [8, 28, 56, 112, 224, 448, 896, 1792]  # doubling, and at least D=20 rows apart
+        RidgeHead._cholesky_solve, RidgeHead._diagonal_rule = real, real_diagonal
+    assert early == [8, 16, 32, 64]  # O(C D) diagonal rules until 4 D = 80 rows
+    assert calls == [80, 160, 320, 640, 1280, 2560]  # then solves, doubling, at least D=20 rows apart
     assert (preds[100:] == y[100:]).mean() > 0.8
 
 
@@ -278,15 +280,13 @@ def test_random_projection_generated_block_by_block_equals_the_stored_matrix():
     np.testing.assert_allclose(generated, np.maximum(X @ W, 0), rtol=1e-5, atol=1e-4)
     kept = RidgeHead(random_features=2500, seed=4, ridge_lambda=1.0)
     kept.partial_fit(X, y)
-    import pipeline.heads.ridge as ridge_module
-
-    old, ridge_module.KEEP_PROJECTION_BYTES = ridge_module.KEEP_PROJECTION_BYTES, 0   # never keep it
+    old, rf.KEEP_PROJECTION_BYTES = rf.KEEP_PROJECTION_BYTES, 0   # never keep it
     try:
         unkept = RidgeHead(random_features=2500, seed=4, ridge_lambda=1.0).partial_fit(X, y)
         assert "_matrix" not in unkept.__dict__
         np.testing.assert_array_equal(unkept.predict_proba(X), kept.predict_proba(X))
     finally:
-        ridge_module.KEEP_PROJECTION_BYTES = old
+        rf.KEEP_PROJECTION_BYTES = old
     np.testing.assert_array_equal(kept.projection_, W)
 
 
@@ -353,6 +353,27 @@ def test_fecam_equals_its_batch_computation(covariance):
         np.testing.assert_allclose(auto.covariance_(k)[0], oas.covariance_, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fecam_progressive_validation_predicts_with_the_diagonal_form(normalize, monkeypatch):
+    """Scoring with full covariances costs C times learning: progressive blocks use per-class variances."""
+    import scipy.linalg
+
+    from pipeline.heads.fecam import FeCAMHead
+
+    X, y = data(500)
+    X = np.abs(X)
+    factorised = []
+    real = scipy.linalg.cho_factor
+    monkeypatch.setattr(scipy.linalg, "cho_factor", lambda *a, **k: factorised.append(1) or real(*a, **k))
+    full = FeCAMHead(shrinkage="auto", normalize=normalize)
+    preds = full.progressive_fit(X, y)
+    assert factorised == []  # no full factorisation during progressive validation
+    diagonal = FeCAMHead(shrinkage="auto", normalize=normalize, covariance="diagonal")
+    np.testing.assert_array_equal(preds, diagonal.progressive_fit(X, y))
+    full.predict(X[:5])
+    assert len(factorised) == len(full.classes_)  # held-out predictions use the full rule
+
+
 def test_klda_equals_lda_on_its_random_fourier_features():
     from pipeline.heads import random_features as rf
     from pipeline.heads.klda import KLDAHead
@@ -406,3 +427,46 @@ def test_class_incremental_fecam_and_klda_end_where_joint_training_does(tmp_path
         for m in runs:
             assert m["final_accuracy"] == m["joint_accuracy"]
         assert runs[0]["final_accuracy"] == runs[1]["final_accuracy"]
+
+
+def brute_force_heldout(F, y, classes):
+    """RanPAC's choice by brute force: fit Ridge on the rows outside the slice per candidate, score on the slice."""
+    from pipeline.heads.ridge import HELDOUT_GRID, heldout_rows
+
+    Y = (y[:, None] == np.array(classes, dtype=object)[None, :]).astype(np.float64)
+    mask = heldout_rows(F[1])
+    X = np.asarray(F[0], np.float64)
+    losses = [((Ridge(alpha=lam, solver="cholesky").fit(X[~mask], Y[~mask]).predict(X[mask]) - Y[mask]) ** 2).sum()
+              for lam in HELDOUT_GRID]
+    best = float(HELDOUT_GRID[int(np.argmin(losses))])
+    return losses, best, Ridge(alpha=best, solver="cholesky").fit(X, Y)
+
+
+@pytest.mark.parametrize("options,first", [({}, 0), ({"random_features": 40}, 8)])
+def test_heldout_lambda_equals_brute_force_ridge_on_the_slice(options, first):
+    """``first``: candidates compared from there on (below lambda = 1, the 40 ReLU features' Gram matrix is
+    near-singular, and float32 chunk products plus an eigendecomposition differ from scikit-learn's Cholesky)."""
+    from pipeline.heads import random_features as rf
+    from pipeline.heads.ridge import heldout_rows
+
+    tol = 1e-5 if options else 1e-6  # random features: float32 chunk products
+    X, y = data(500, dim=12)
+    X[:, :3] *= 1e-3  # badly scaled features: the curve has a clear interior minimum
+    head = RidgeHead(ridge_lambda="heldout", **options)
+    for s in range(0, 500, 128):
+        head.partial_fit(X[s:s + 128], y[s:s + 128])
+    F = X if not options else rf.project(X, 40, seed=0)
+    losses, best, ref = brute_force_heldout((F, X), y, head.classes_)
+    assert 0.1 < heldout_rows(X).mean() < 0.3
+    lam, curve = head.heldout_curve()
+    np.testing.assert_allclose(curve["loss"][first:], losses[first:], rtol=tol)
+    assert lam == best == head.lambda_ and head.describe()["lambda_selection"] == "heldout slice"
+    np.testing.assert_allclose(head.decision_function(X), ref.predict(np.asarray(F, np.float64)), rtol=1e-6,
+                               atol=1e-5 if options else 1e-8)  # random features: float32 chunk products
+    shuffled = np.random.default_rng(1).permutation(500)  # the slice follows the rows, not their order
+    again = RidgeHead(ridge_lambda="heldout", **options).partial_fit(X[shuffled], y[shuffled])
+    np.testing.assert_allclose(again.heldout_curve()[1]["loss"][first:], losses[first:], rtol=tol)
+    shards = [RidgeHead(ridge_lambda="heldout", **options).partial_fit(X[i::2], y[i::2]) for i in range(2)]
+    merged = shards[0].merge(shards[1])
+    np.testing.assert_allclose(merged.heldout_curve()[1]["loss"][first:], losses[first:], rtol=tol)
+    assert merged.lambda_ == best

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import DVC, IMAGENETTE, WEIGHTS_025, kaggle_names, link_subset, requires_shared
+from conftest import DVC, IMAGENETTE, WEIGHTS_025, kaggle_names, link_subset, requires_shared, sigkill_after_shards
 from pipeline.errors import StoreError
 from pipeline.extract import extract_features
 from pipeline.images import list_images
@@ -107,11 +105,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(_cli(str(src), "-o", str(killed), *opts), env=env)
     parts = tmp_path / "killed.h5.parts"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("shard-*.h5"))) < 4:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_after_shards(proc, parts, 4, timeout=120)
     assert not killed.exists(), "the run finished before it could be killed"
     assert len(list(parts.glob("shard-*.h5"))) >= 4
     subprocess.run(_cli(str(src), "-o", str(killed), *opts), env=env, check=True)

@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import pipeline.extraction.finalize as finalize_module
 import pipeline.extraction.partition as partition_module
 import pipeline.store_parts as parts_module
-from conftest import DVC, WEIGHTS_025, kaggle_names, link_subset, requires_shared
+from conftest import DVC, WEIGHTS_025, assert_same_store, kaggle_names, link_subset, requires_shared
 from pipeline.cli import main
 from pipeline.errors import StoreError
 from pipeline.extract import extract_features
@@ -39,20 +38,6 @@ OPTS = dict(batch_size=4, checkpoint_rows=4, progress=False)  # 4 files per part
 INFO = {"backbone": "synthetic", "weights": "none", "alpha": "", "input_size": [8, 8], "pooling": "avg",
         "preprocessing": "none", "feature_dim": 4}
 H5_FULL = "Unable to synchronously write data (file write failed: errno = 28, error message = 'No space left on device')"
-
-
-def _contents(path: Path) -> tuple:
-    with open_store(path) as store:
-        chunk = store.read(0, store.n_rows)
-        return chunk.X, chunk.y.tolist(), chunk.paths, store.skipped(), store.classes
-
-
-def assert_same_store(a: Path, b: Path) -> None:
-    Xa, *rest_a = _contents(a)
-    Xb, *rest_b = _contents(b)
-    assert rest_a == rest_b
-    np.testing.assert_array_equal(Xa, Xb)
-    assert Xa.tobytes() == Xb.tobytes()
 
 
 def _source(tmp_path: Path, per_class: int = 8) -> Path:

@@ -8,20 +8,24 @@ has (config.json, model.weights.h5, image_converter.json, metadata.json).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
+import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from conftest import DVC, ROOT, WEIGHTS_025, kaggle_names, link_subset, requires_shared
+from conftest import (DVC, ROOT, WEIGHTS_025, assert_same_store, kaggle_names, link_subset, requires_shared,
+                      sigkill_after_shards)
+from pipeline.cli import main
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("keras_hub") is None,
@@ -82,15 +86,21 @@ def photos(tmp_path_factory) -> Path:
     return link_subset(DVC, tmp_path_factory.mktemp("hub_photos") / "src", PHOTOS)
 
 
+@functools.cache
+def _keras_hub_model(folder: Path) -> tuple:
+    """keras-hub's own image converter and backbone of a preset, loaded once per preset."""
+    import keras_hub as kh
+
+    return kh.layers.ImageConverter.from_preset(str(folder)), kh.models.Backbone.from_preset(str(folder))
+
+
 def _reference(folder: Path, files: list[str], pooling: str) -> np.ndarray:
     """keras-hub's own forward pass: its image converter, its backbone, then the pooling by hand."""
     import keras
-    import keras_hub as kh
 
     from pipeline.images import decode_image
 
-    converter = kh.layers.ImageConverter.from_preset(str(folder))
-    backbone = kh.models.Backbone.from_preset(str(folder))
+    converter, backbone = _keras_hub_model(folder)
     x = keras.ops.convert_to_numpy(converter(np.stack([decode_image(f, (SIZE, SIZE)) for f in files])))
     name = type(backbone).__name__
     if name == "SigLIPBackbone":
@@ -211,22 +221,10 @@ def test_identity_is_the_presets_content_and_mixing_presets_or_poolings_is_refus
 
 # --- every path -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'incremental-pipeline[ray]'")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def test_ray_extraction_equals_local_bitwise(presets, photos, tmp_path, ray_cluster):
     from pipeline.backbones import BackboneConfig
     from pipeline.extraction import RayExecutor, extract_features
     from pipeline.images import list_images
-    from test_faults import assert_same_store
 
     config = BackboneConfig(f"hub:{presets['dinov2']}", "none", None, None, "", "float32")
     opts = dict(batch_size=2, checkpoint_rows=4, progress=False)
@@ -246,12 +244,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(presets, tmp_path):
     opts = ["--backbone", f"hub:{presets['dinov2']}", "--batch-size", "16", "--checkpoint-rows", "32", "-q"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(_cli("extract-features", str(src), "-o", str(killed), *opts), env=env, cwd=ROOT)
-    parts = tmp_path / "killed.h5.parts"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(parts.glob("shard-*.h5"))) < 4:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_after_shards(proc, tmp_path / "killed.h5.parts", 4, timeout=240)
     assert not killed.exists(), "the run finished before it could be killed"
     subprocess.run(_cli("extract-features", str(src), "-o", str(killed), *opts), env=env, check=True, cwd=ROOT)
     subprocess.run(_cli("extract-features", str(src), "-o", str(clean), *opts), env=env, check=True, cwd=ROOT)
@@ -272,43 +265,63 @@ print(bb.info["backend"])
 """
 
 
+def _embed_in(backend: str, preset: Path, photos: Path, out: Path) -> np.ndarray:
+    """The preset's features of the test photos, computed in a fresh interpreter on ``backend``."""
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env.update({"KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-c", EMBED, f"hub:{preset}", str(out), *(str(photos / p) for p in PHOTOS)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == backend
+    return np.load(out)
+
+
+@pytest.fixture(scope="module")
+def tensorflow_features(presets, photos, tmp_path_factory) -> np.ndarray:
+    """TensorFlow's features, computed once for every other backend to be compared with."""
+    return _embed_in("tensorflow", presets["dinov2"], photos, tmp_path_factory.mktemp("tf") / "tensorflow.npy")
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_other_backends_give_tensorflows_features(presets, photos, tmp_path, backend):
+def test_other_backends_give_tensorflows_features(presets, photos, tmp_path, backend, request):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install -e '.[{backend}]')")
-    files = [str(photos / p) for p in PHOTOS]
-    got = {}
-    for name in ("tensorflow", backend):
-        env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-        env.update({"KERAS_BACKEND": name, "PYTHONPATH": str(ROOT)})
-        out = tmp_path / f"{name}.npy"
-        proc = subprocess.run([sys.executable, "-c", EMBED, f"hub:{presets['dinov2']}", str(out), *files], env=env,
-                              capture_output=True, text=True, timeout=600, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert proc.stdout.strip().splitlines()[-1] == name
-        got[name] = np.load(out)
-    a, b = got["tensorflow"], got[backend]
+    a = request.getfixturevalue("tensorflow_features")  # after the skip: not computed when both are missing
+    b = _embed_in(backend, presets["dinov2"], photos, tmp_path / f"{backend}.npy")
     cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() >= 0.999
 
 
 # --- predict with no option repeated ----------------------------------------------------------
 
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _run(*args: str) -> Ran:
+    """A command run in-process (no interpreter and TensorFlow start-up per command); an exception the CLI
+    did not turn into an error message is written to stderr as the command's traceback would be."""
+    r = CliRunner().invoke(main, list(args))
+    stderr = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(r.exception))
+    return Ran(r.exit_code, r.stdout, stderr)
+
+
 def _train_and_predict(tmp_path: Path, extract_opts: list[str]) -> tuple[Path, Path, list[str]]:
     src = link_subset(DVC, tmp_path / "src", kaggle_names(6))
     store, model = tmp_path / "s.h5", tmp_path / "m.model"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run(_cli("extract-features", str(src), "-o", str(store), "-q", *extract_opts), env=env, check=True,
-                   cwd=ROOT)
-    subprocess.run(_cli("train-incremental", str(store), "--head", "nme", "--model-out", str(model), "-q"), env=env,
-                   check=True, cwd=ROOT, capture_output=True)
+    for args in (["extract-features", str(src), "-o", str(store), "-q", *extract_opts],
+                 ["train-incremental", str(store), "--head", "nme", "--model-out", str(model), "-q"]):
+        done = _run(*args)
+        assert done.returncode == 0, done.stderr[-3000:]
     return src, model, [str(src / p) for p in kaggle_names(6)]
 
 
-def _predict(model: Path, files: list[str], *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(_cli("predict", str(model), *files, *extra), env=env, capture_output=True, text=True,
-                          cwd=ROOT)
+def _predict(model: Path, files: list[str], *extra: str) -> Ran:
+    return _run("predict", str(model), *files, *extra)
 
 
 def test_a_model_on_hub_features_predicts_raw_photos_with_no_option_repeated(presets, tmp_path):

@@ -17,17 +17,6 @@ CLASSES = ["ant", "bee", "cat", "dog"]
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'incremental-pipeline[ray]'")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("engine")
     return [make_blobs_store(folder / f"s{i}.h5", n, 8, CLASSES, seed=i) for i, n in enumerate((400, 200))]

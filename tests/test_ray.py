@@ -18,17 +18,9 @@ from pipeline.models import load_model
 from pipeline.parallel_train import InProcess, StreamSpec, fit_mergeable, HeadSpec, plan_partitions
 from pipeline.runs import run_training
 from pipeline.stream import FeatureStream
-from conftest import make_blobs_store, requires_shared
+from conftest import assert_same_store, make_blobs_store, requires_shared
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'incremental-pipeline[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +46,12 @@ def _same_predictions(a, b, stores: list[Path]) -> None:
 
 
 HEADS = [("slda", {}), ("ridge", {}), ("ridge", {"random_features": 40, "ridge_lambda": 1.0}),
-         ("nme", {"class_means": "exact"}), ("fecam", {}), ("klda", {"random_features": 64})]
+         ("nme", {"class_means": "exact"}), ("fecam", {}), ("klda", {"random_features": 64}),
+         ("ridge", {"ridge_lambda": "heldout"})]
 
 
-@pytest.mark.parametrize("head,options", HEADS, ids=["slda", "ridge", "ridge-ranpac", "nme-exact", "fecam", "klda"])
+@pytest.mark.parametrize("head,options", HEADS, ids=["slda", "ridge", "ridge-ranpac", "nme-exact", "fecam", "klda",
+                                                     "ridge-heldout"])
 def test_ray_training_equals_one_process(ray_cluster, stores, tmp_path, head, options):
     local, m_local = _train(stores, tmp_path, head, "local", head=head, holdout=0.25, head_options=options)
     par, m_par = _train(stores, tmp_path, head, "ray", head=head, holdout=0.25, workers=2, head_options=options)
@@ -90,6 +84,23 @@ def test_partitions_reduce_in_process_to_the_same_head(stores):
         merged, rows = fit_mergeable(HeadSpec.of("ridge", one, 12), StreamSpec.of(stream), InProcess(), parts)
         assert rows == 1500
         np.testing.assert_allclose(merged.coef_, one.coef_, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,options", [("ridge", (("ridge_lambda", "heldout"),)), ("fecam", ()),
+                                          ("klda", (("random_features", 64),))])
+def test_partitions_of_the_new_heads_reduce_to_one_process(stores, name, options):
+    """What the Ray path does (split into row ranges, fit each, merge), in process: equal to one pass."""
+    with FeatureStream(stores, chunk_rows=64) as stream:
+        one = HeadSpec(name, 12, options).build()
+        for batch in stream:
+            one.partial_fit(batch.X, batch.y)
+        parts = plan_partitions([(str(s.path), s.n_rows) for s in stream.stores], 170)
+        merged, rows = fit_mergeable(HeadSpec.of(name, one, 12), StreamSpec.of(stream), InProcess(), parts)
+        X = np.concatenate([b.X for b in stream])
+    assert rows == 1500 and len(parts) > 2
+    np.testing.assert_allclose(merged.predict_proba(X), one.predict_proba(X), rtol=1e-7, atol=1e-9)
+    if name == "ridge":
+        assert merged.lambda_ == one.lambda_ and merged.slice_stats_.n == one.slice_stats_.n > 0
 
 
 @pytest.mark.parametrize("args,why", [(["--head", "logreg"], "SGD"), (["--head", "softmax"], "SGD"),
@@ -198,7 +209,6 @@ def local_store(tmp_path_factory, extract_source, small_backbone):
 def test_ray_extraction_equals_local_bitwise_with_bad_files(ray_cluster, extract_source, local_store,
                                                             small_backbone, tmp_path):
     from pipeline.extraction import extract_features
-    from test_faults import assert_same_store
 
     out = tmp_path / "ray.h5"
     res = extract_features(extract_source, out, small_backbone.config, executor=RayExecutor(workers=2),
@@ -226,7 +236,6 @@ class KillingRayExecutor(RayExecutor):
 def test_an_actor_killed_mid_run_has_its_partition_redone(ray_cluster, extract_source, local_store,
                                                           small_backbone, tmp_path):
     from pipeline.extraction import extract_features
-    from test_faults import assert_same_store
 
     out = tmp_path / "killed.h5"
     executor = KillingRayExecutor(workers=2)
@@ -239,11 +248,8 @@ def test_an_actor_killed_mid_run_has_its_partition_redone(ray_cluster, extract_s
 @requires_shared
 def test_driver_killed_with_sigkill_resumes_to_the_same_store(extract_source, local_store, tmp_path):
     import os
-    import signal
-    import time
 
-    from conftest import WEIGHTS_025
-    from test_faults import assert_same_store
+    from conftest import WEIGHTS_025, sigkill_after_shards
 
     out, parts = tmp_path / "k.h5", tmp_path / "k.h5.parts"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -251,12 +257,7 @@ def test_driver_killed_with_sigkill_resumes_to_the_same_store(extract_source, lo
     cmd = [sys.executable, "-m", "pipeline", "extract-features", str(extract_source.root), "-o", str(out),
            *KILL_CLI, "--weights", str(WEIGHTS_025)]
     proc = subprocess.Popen([*cmd, "--executor", "ray", "--workers", "1"], env=env)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not list(parts.glob("shard-*.h5")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list(parts.glob("shard-*.h5")))
+    done = sigkill_after_shards(proc, parts, 1, timeout=240)
     assert 1 <= done < 6 and not out.exists(), f"killed with {done} of 6 shards written"
     subprocess.run(cmd, env=env, check=True)  # the same command, local executor: continues
     assert_same_store(out, local_store)

@@ -97,7 +97,7 @@ class OptionType(click.ParamType):
 
     def __init__(self, option: Option):
         self.option = option
-        self.name = {int: "integer", float: "number"}.get(option.type, "text") + ("|auto" if option.auto else "")
+        self.name = {int: "integer", float: "number"}.get(option.type, "text") + "".join("|" + w for w in option.keywords)
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if not isinstance(value, str):
@@ -108,7 +108,7 @@ class OptionType(click.ParamType):
                 raw = int(value)
             except ValueError:
                 self.fail(f"expected {self.option.range_text()}, got {value!r}", param, ctx)
-        elif self.option.type is float and not (self.option.auto and value == "auto"):
+        elif self.option.type is float and value not in self.option.keywords:
             try:
                 raw = float(value)
             except ValueError:

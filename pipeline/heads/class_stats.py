@@ -99,6 +99,14 @@ class ClassStatistics:
         self.refs_ = self.means_.copy()
         self.shifted_ = scatter
 
+    def within_variances(self) -> np.ndarray:
+        """The diagonal of :meth:`within_scatter`, in O(C D)."""
+        return np.diag(self.shifted_) - (self.counts_[:, None] * (self.means_ - self.refs_) ** 2).sum(axis=0)
+
+    def total_variances(self) -> np.ndarray:
+        """The diagonal of :meth:`total_scatter`, in O(C D)."""
+        return self.within_variances() + (self.counts_[:, None] * (self.means_ - self.grand_mean()) ** 2).sum(axis=0)
+
     def grand_mean(self) -> np.ndarray:
         return (self.counts_[:, None] * self.means_).sum(axis=0) / max(self.n, 1)
 

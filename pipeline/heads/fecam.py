@@ -35,6 +35,7 @@ import numpy as np
 
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head, softmax_rows
+from pipeline.heads.progressive import BlockProgressive, blas_threads_for
 from pipeline.heads.random_features import check_memory
 from pipeline.heads.registry import Capabilities, Option, register
 
@@ -56,7 +57,7 @@ def power_transform(X: np.ndarray, power: float) -> np.ndarray:
 
 
 @register
-class FeCAMHead(Head):
+class FeCAMHead(BlockProgressive, Head):
     name = "fecam"
     summary = "FeCAM: per-class covariance, Mahalanobis distance; no forgetting"
     options = (
@@ -96,7 +97,6 @@ class FeCAMHead(Head):
         self.shifted_: np.ndarray | None = None   # (C, D, D) or (C, D): sum of (x - ref)(x - ref)^T per class
         self.version_ = 0
         self._factors: tuple[int, list[tuple[np.ndarray, np.ndarray]]] | None = None
-        self._progressive: tuple[int, int, np.ndarray, list[tuple[np.ndarray, np.ndarray]]] | None = None
 
     def settings(self) -> dict[str, Any]:
         return {"shrinkage": self.shrinkage, "power": self.power, "covariance": self.covariance,
@@ -128,9 +128,11 @@ class FeCAMHead(Head):
         return self.means_, self.refs_, self.shifted_
 
     def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        self._learn_transformed(power_transform(X, self.power), y)
+
+    def _learn_transformed(self, Z: np.ndarray, y: np.ndarray) -> None:
         ks = self._class_indices(y)
         means, refs, shifted = self._arrays()
-        Z = power_transform(X, self.power)
         for k in np.unique(ks):
             rows = Z[ks == k]
             if self.counts_[k] == 0:
@@ -148,44 +150,63 @@ class FeCAMHead(Head):
         d = means[k] - refs[k]
         return shifted[k] - self.counts_[k] * (np.outer(d, d) if self.full else d ** 2)
 
-    def covariance_(self, k: int) -> tuple[np.ndarray, float]:
-        """Class ``k``'s shrunk covariance (a vector of variances when diagonal) and the shrinkage used."""
+    def covariance_(self, k: int, diagonal: bool = False) -> tuple[np.ndarray, float]:
+        """Class ``k``'s shrunk covariance (a vector of variances when diagonal) and the shrinkage used.
+
+        ``diagonal=True`` gives the variances of a full-covariance head too (progressive
+        validation's rule); OAS is then computed on that diagonal.
+        """
         n = int(self.counts_[k])
-        cov = self._scatter(k) / max(n, 1)
+        if self.full and diagonal:
+            means, refs, shifted = self._arrays()
+            cov = (np.diag(shifted[k]) - n * (means[k] - refs[k]) ** 2) / max(n, 1)
+        else:
+            cov = self._scatter(k) / max(n, 1)
+        full = cov.ndim == 2
         p = cov.shape[0]
-        trace = float(np.trace(cov) if self.full else cov.sum())
+        trace = float(np.trace(cov) if full else cov.sum())
         if self.shrinkage == "auto":
             s = oas(trace, float((cov ** 2).sum()), p, n)
         else:
             s = float(self.shrinkage)
         mu = trace / p if trace > 0 else 1.0
         shrunk = (1.0 - s) * cov
-        if self.full:
+        if full:
             shrunk[np.diag_indices_from(shrunk)] += s * mu
         else:
             shrunk += s * mu
         if self.normalize:
-            sd = np.sqrt(np.maximum(np.diag(shrunk) if self.full else shrunk, 1e-300))
-            shrunk = shrunk / np.outer(sd, sd) if self.full else shrunk / sd ** 2
+            sd = np.sqrt(np.maximum(np.diag(shrunk) if full else shrunk, 1e-300))
+            shrunk = shrunk / np.outer(sd, sd) if full else shrunk / sd ** 2
         return shrunk, s
+
+    def _diagonal_factors(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per class: (standard deviations, shrinkage), from the diagonal of the covariance, O(C D)."""
+        out = []
+        for k in range(len(self.counts_)):
+            cov, s = self.covariance_(k, diagonal=True)
+            out.append((np.sqrt(np.maximum(cov, 1e-300)), np.array(s)))
+        return out
 
     def _class_factors(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per class: (Cholesky factor or standard deviations, shrinkage as an array), cached per version."""
+        if not self.full:
+            if self._factors is None or self._factors[0] != self.version_:
+                self._factors = (self.version_, self._diagonal_factors())
+            return self._factors[1]
         if self._factors is None or self._factors[0] != self.version_:
             from scipy.linalg import cho_factor  # ~0.5 s to import: not at start-up
 
             out = []
-            for k in range(len(self.counts_)):
-                cov, s = self.covariance_(k)
-                if self.full:
+            with blas_threads_for(self.n_features_in_ or 0):
+                for k in range(len(self.counts_)):
+                    cov, s = self.covariance_(k)
                     try:
                         factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
                     except np.linalg.LinAlgError:  # round-off left it singular: a tiny ridge
                         cov[np.diag_indices_from(cov)] += 1e-10 * max(float(np.trace(cov)) / len(cov), 1e-12)
                         factor = cho_factor(cov, lower=True, overwrite_a=True, check_finite=False)[0]
                     out.append((np.tril(factor), np.array(s)))
-                else:
-                    out.append((np.sqrt(np.maximum(cov, 1e-300)), np.array(s)))
             self._factors = (self.version_, out)
         return self._factors[1]
 
@@ -202,7 +223,7 @@ class FeCAMHead(Head):
         out = np.empty((len(Z), len(factors)))
         for k, (factor, _) in enumerate(factors):
             diff = Z - means[k]
-            if self.full:
+            if factor.ndim == 2:  # a Cholesky factor; else standard deviations
                 w = solve_triangular(factor, diff.T, lower=True, check_finite=False)
                 out[:, k] = (w ** 2).sum(axis=0)
             else:
@@ -215,34 +236,33 @@ class FeCAMHead(Head):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.array(self.classes_, dtype=object)[np.argmin(self.mahalanobis(X), axis=1)]
 
-    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray,
-                        paths: Sequence[str] | None = None) -> np.ndarray:
-        """Predict blocks of rows with the model of the rows before, refreshed as in the statistics heads.
+    # -- progressive validation (the loop: pipeline.heads.progressive) -------------
+    def _rows_learnt(self) -> int:
+        return int(self.counts_.sum())
 
-        The class factors are recomputed when the rows seen have doubled and grown
-        by at least D rows since the last refresh (or a class appeared), so the
-        factorisations cost a bounded share of learning; held-out evaluation is exact.
+    def _refresh_dim(self) -> int:
+        return self.n_features_in_ or 0
+
+    def _progressive_rule(self, exact: bool) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """Always the diagonal form (per-class variances, same shrinkage, power and normalisation).
+
+        Scoring a row with full covariances costs C D^2 (one triangular solve per
+        class), C/2 times what learning it costs, so progressive validation with
+        the full rule could never be a small share of training; the diagonal
+        form costs O(C D) per row. Held-out evaluation uses the full rule.
         """
-        X = self._check_X(X)
-        y = np.asarray(y, dtype=object)
-        preds = np.full(len(X), None, dtype=object)
-        start = 0
-        while start < len(X):
-            if not self.classes_:
-                stop = min(len(X), start + 8)
-            else:
-                p, n = self._progressive, int(self.counts_.sum())
-                if p is None or n >= self._next_refresh(p[0]) or len(self.classes_) != p[1]:
-                    p = self._progressive = (n, len(self.classes_), self._arrays()[0].copy(), self._class_factors())
-                stop = min(len(X), start + max(1, self._next_refresh(p[0]) - n))
-                dist = self._distances(power_transform(X[start:stop], self.power), p[2], p[3])
-                preds[start:stop] = np.array(self.classes_[: p[1]], dtype=object)[np.argmin(dist, axis=1)]
-            self.partial_fit(X[start:stop], y[start:stop], None if paths is None else paths[start:stop])
-            start = stop
-        return preds
+        return self._arrays()[0].copy(), self._diagonal_factors()
 
-    def _next_refresh(self, solved_at: int) -> int:
-        return max(2 * solved_at, solved_at + (self.n_features_in_ or 0))
+    def _progressive_input(self, X: np.ndarray) -> np.ndarray:
+        return power_transform(X, self.power)
+
+    def _progressive_scores(self, rule: tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]],
+                            Z: np.ndarray) -> np.ndarray:
+        return -self._distances(Z, *rule)
+
+    def _progressive_learn(self, X: np.ndarray, Z: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        self._learn_transformed(Z, y)  # the block's transform, computed once for scoring and learning
+        self.rows_seen_ += len(X)
 
     # -- merging -------------------------------------------------------------------
     def merge(self, other: Self) -> Self:

@@ -33,23 +33,21 @@ from pipeline.heads.exemplars import l2_normalise
 from pipeline.heads.registry import Capabilities, Option, register
 from pipeline.heads.slda import SLDAHead
 
-KEEP_PROJECTION_BYTES = 256 * 2**20  # keep the assembled projection in memory up to this size
-
 
 @register
-class KLDAHead(SLDAHead):
+class KLDAHead(rf.SeededProjection, SLDAHead):
     name = "klda"
     summary = "kernel LDA: streaming LDA on random Fourier features of an RBF kernel; no forgetting"
     options = (
         Option("shrinkage", float, "auto", "covariance shrinkage, or auto (OAS estimate)", low=0.0, high=1.0,
                auto=True),
-        Option("random_features", int, 2048, "random Fourier features approximating the RBF kernel", low=1,
-               high=1_000_000),
+        rf.features_option(2048, "random Fourier features approximating the RBF kernel"),
         Option("kernel_gamma", float, 1.0, "RBF kernel exp(-kernel_gamma |x - x'|^2) on L2-normalised rows",
                low=0.0, low_open=True),
-        Option("seed", int, 0, "seed of the random features", low=0, high=2**32 - 1, from_run=True),
+        rf.SEED_OPTION,
     )
     capabilities = Capabilities(order_free=True, mergeable=True, class_incremental="adds a mean; no forgetting")
+    projection_kind = "fourier"
 
     def __init__(self, shrinkage: float | str = "auto", random_features: int = 2048, kernel_gamma: float = 1.0,
                  seed: int = 0):
@@ -63,27 +61,11 @@ class KLDAHead(SLDAHead):
         return {**super().settings(), "random_features": self.random_features, "kernel_gamma": self.kernel_gamma,
                 "seed": self.seed}
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_matrix", None)  # regenerated from the seed
-        return state
-
-    def _kept(self, d: int) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
-        if 4 * d * self.random_features > KEEP_PROJECTION_BYTES:
-            return None, None
-        if "_matrix" not in self.__dict__:
-            self.__dict__["_matrix"] = (rf.projection(d, self.random_features, self.seed, "fourier"),
-                                        rf.phases(self.random_features, d, self.seed))
-        return self.__dict__["_matrix"]
-
     def _features(self, X: np.ndarray) -> np.ndarray:
-        Z = l2_normalise(X)
-        matrix, offsets = self._kept(Z.shape[1])
-        return rf.project(Z, self.random_features, self.seed, "fourier",
-                          scale=float(np.sqrt(2 * self.kernel_gamma)), matrix=matrix, offsets=offsets, dtype=np.float64)
+        return self._project(l2_normalise(X), scale=float(np.sqrt(2 * self.kernel_gamma)), dtype=np.float64)
 
     def _stats_dim(self) -> int:
-        return self.random_features
+        return self.random_features or 0
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "random_features": self.random_features, "kernel_gamma": self.kernel_gamma}

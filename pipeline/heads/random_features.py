@@ -17,12 +17,62 @@ True
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 from pipeline.errors import HeadError
+from pipeline.heads.registry import Option
 
 BLOCK = 1024  # columns per generated block
+KEEP_PROJECTION_BYTES = 256 * 2**20  # a head keeps the assembled projection in memory up to this size
+
+
+def features_option(default: int | None, help: str) -> Option:
+    """The ``random_features`` option (``--random-features M``) of a head with a seeded projection."""
+    return Option("random_features", int, default, help, low=1, high=1_000_000)
+
+
+SEED_OPTION = Option("seed", int, 0, "seed of the random features", low=0, high=2**32 - 1, from_run=True)
+
+
+class SeededProjection:
+    """Mixin for heads that map rows through a projection generated from ``(random_features, seed)``.
+
+    The projection is never saved (``__getstate__`` drops it): it is regenerated
+    from the seed, and kept assembled in memory while it is at most
+    ``KEEP_PROJECTION_BYTES`` (the features are the same either way).
+    """
+
+    random_features: int | None
+    seed: int
+    projection_kind = "gaussian"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_matrix", None)  # regenerated from the seed
+        return state
+
+    def _kept_projection(self, d: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The assembled ``(matrix, phases or None)`` for ``d`` inputs when small enough to keep, else None."""
+        m = self.random_features
+        if not m or 4 * d * m > KEEP_PROJECTION_BYTES:
+            return None
+        kept = self.__dict__.get("_matrix")
+        if kept is None:
+            fourier = self.projection_kind == "fourier"
+            kept = self.__dict__["_matrix"] = (projection(d, m, self.seed, self.projection_kind),
+                                               phases(m, d, self.seed) if fourier else None)
+        return kept
+
+    def _project(self, X: np.ndarray, scale: float = 1.0, dtype: type = np.float32) -> np.ndarray:
+        """The random features of rows ``X`` (:func:`project`)."""
+        if not self.random_features:
+            raise HeadError("no random features configured")
+        kept = self._kept_projection(np.shape(X)[1])
+        matrix, offsets = kept if kept is not None else (None, None)
+        return project(X, self.random_features, self.seed, self.projection_kind, scale=scale, matrix=matrix,
+                       offsets=offsets, dtype=dtype)
 
 
 def _block(d: int, j: int, width: int, seed: int, kind: str) -> tuple[np.ndarray, np.ndarray | None]:

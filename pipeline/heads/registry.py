@@ -44,7 +44,7 @@ class Option:
     """One option of a head: its name (a keyword argument), type, default, help and valid values.
 
     ``default=None`` means "off" or "computed by the head" (say which in ``help``).
-    ``auto=True`` also accepts the string ``"auto"``. ``from_run=True`` is filled
+    ``auto=True`` also accepts the string ``"auto"``; ``words`` lists other accepted strings. ``from_run=True`` is filled
     from the training run's option of the same name (``--seed``), so it is no
     separate command-line flag.
     """
@@ -59,8 +59,14 @@ class Option:
     high_open: bool = False
     choices: tuple[str, ...] | None = None
     auto: bool = False
+    words: tuple[str, ...] = ()
     flag: str | None = None
     from_run: bool = False
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """The strings accepted besides values of the option's type."""
+        return (("auto",) if self.auto else ()) + self.words
 
     @property
     def cli_flag(self) -> str:
@@ -78,13 +84,13 @@ class Option:
         hi = ("" if self.high is None or self.high >= 2**31 - 1
               else f"{'<' if self.high_open else '<='} {num(self.high)}")
         bounds = " and ".join(b for b in (lo, hi) if b)
-        return (kind + (f" {bounds}" if bounds else "")) + (", or auto" if self.auto else "")
+        return (kind + (f" {bounds}" if bounds else "")) + "".join(f", or {w}" for w in self.keywords)
 
     def check(self, value: Any, head: str) -> Any:
         """``value`` converted to the option's type; a HeadError naming the option if it does not fit."""
         if value is None and self.default is None:
             return None
-        if self.auto and value == "auto":
+        if isinstance(value, str) and value in self.keywords:
             return value
         where = f"{head}: {self.cli_flag}"
         if self.type is bool:

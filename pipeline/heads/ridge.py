@@ -13,6 +13,17 @@ result is independent of row order and task split, and models merge.
   ``lambda_``). Progressive validation does not run GCV: it solves by Cholesky
   at ``PROGRESSIVE_LAMBDA`` times the mean eigenvalue (the trace over D), which
   needs no eigendecomposition; held-out evaluation is always the GCV solve.
+- ``ridge_lambda="heldout"``: RanPAC's own choice. A deterministic 20% slice
+  of the rows, chosen by a hash of each row's values (so the same whatever the
+  order, chunking or worker), is also counted in separate statistics. Every
+  candidate lambda of RanPAC's list (1e-8 to 1e8) is fitted on the other rows
+  (their statistics are the totals minus the slice's) and scored by its
+  squared error on the slice, computed from the slice's statistics alone
+  (``||Y - XW - b||^2 = tr(Y^T Y) - 2 tr(W^T X^T Y) + tr(W^T X^T X W)`` on the
+  slice, centred, plus the term of its means), with one eigendecomposition of
+  the training part shared by all candidates; then the head is refitted on
+  all rows at the chosen lambda (Cholesky). No row is kept: the slice costs a
+  second D x D matrix.
 - ``random_features=M``: RanPAC's fixed Gaussian projection to M dimensions
   followed by ReLU, before the ridge. The projection is generated from the
   seed a block of columns at a time (:mod:`pipeline.heads.random_features`)
@@ -38,7 +49,7 @@ import numpy as np
 
 from pipeline.errors import HeadError
 from pipeline.heads import random_features as rf
-from pipeline.heads.class_stats import ClassStatistics
+from pipeline.heads.class_stats import ClassStatistics, _add_low_rank
 from pipeline.heads.registry import Capabilities, Option, register
 from pipeline.heads.statistics_head import StatisticsHead
 
@@ -46,38 +57,50 @@ if TYPE_CHECKING:
     from typing import Self
 
 LAMBDA_GRID = np.logspace(-6, 3, 46)  # multiples of the mean eigenvalue of the Gram matrix
-PROGRESSIVE_LAMBDA = 1e-2  # progressive validation's multiple of the mean eigenvalue under --lambda auto
-KEEP_PROJECTION_BYTES = 256 * 2**20  # keep the assembled projection in memory up to this size
+PROGRESSIVE_LAMBDA = 1e-2  # progressive validation's multiple of the mean eigenvalue under auto / heldout
+HELDOUT_GRID = 10.0 ** np.arange(-8, 9)  # RanPAC's candidate lambdas
+HELDOUT_FRACTION = 0.2  # share of rows in the held-out slice
+
+
+def heldout_rows(X: np.ndarray, fraction: float = HELDOUT_FRACTION) -> np.ndarray:
+    """Boolean mask of the rows in the held-out slice: a hash of each row's float32 values.
+
+    Depends only on the row itself, so the slice is the same whatever the order,
+    chunking or worker that sees it (equal rows fall on the same side).
+    """
+    bits = np.ascontiguousarray(X, np.float32).view(np.uint32).astype(np.uint64)
+    mult = np.random.default_rng(20231).integers(1, 2**63, bits.shape[1], dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        h = (bits * mult).sum(axis=1, dtype=np.uint64)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x9E3779B97F4A7C15)
+    return (h >> np.uint64(40)).astype(np.float64) < fraction * 2.0 ** 24
 
 
 @register
-class RidgeHead(StatisticsHead):
+class RidgeHead(rf.SeededProjection, StatisticsHead):
     name = "ridge"
     summary = "analytic ridge on streamed statistics (RanPAC with --random-features); no forgetting"
     options = (
-        Option("ridge_lambda", float, "auto", "L2 penalty, or auto (generalised cross-validation)",
-               low=0.0, low_open=True, auto=True, flag="--lambda"),
-        Option("random_features", int, None, "RanPAC random ReLU projection to M dimensions before the ridge",
-               low=1, high=1_000_000),
-        Option("seed", int, 0, "seed of the random projection", low=0, high=2**32 - 1, from_run=True),
+        Option("ridge_lambda", float, "auto", "L2 penalty, or auto (generalised cross-validation), or heldout "
+               "(RanPAC's: the best of 1e-8..1e8 on a hash-selected 20% slice of the rows, then refit on all)",
+               low=0.0, low_open=True, auto=True, words=("heldout",), flag="--lambda"),
+        rf.features_option(None, "RanPAC random ReLU projection to M dimensions before the ridge"),
+        rf.SEED_OPTION,
     )
     capabilities = Capabilities(order_free=True, mergeable=True, class_incremental="adds a column; no forgetting")
 
     def __init__(self, ridge_lambda: float | str = "auto", random_features: int | None = None, seed: int = 0):
         super().__init__()
-        if ridge_lambda != "auto" and not (isinstance(ridge_lambda, (int, float)) and ridge_lambda > 0):
-            raise HeadError(f"lambda must be 'auto' or a positive number, got {ridge_lambda!r}")
+        if ridge_lambda not in ("auto", "heldout") and not (isinstance(ridge_lambda, (int, float))
+                                                           and ridge_lambda > 0):
+            raise HeadError(f"lambda must be 'auto', 'heldout' or a positive number, got {ridge_lambda!r}")
         if random_features is not None and random_features < 1:
             raise HeadError(f"random_features must be positive, got {random_features}")
         self.ridge_lambda, self.random_features, self.seed = ridge_lambda, random_features, seed
 
     def settings(self) -> dict[str, Any]:
         return {"ridge_lambda": self.ridge_lambda, "random_features": self.random_features, "seed": self.seed}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_matrix", None)  # regenerated from the seed
-        return state
 
     @property
     def projection_(self) -> np.ndarray | None:
@@ -87,15 +110,8 @@ class RidgeHead(StatisticsHead):
         stored = self.__dict__.get("projection_")
         if stored is not None:
             return stored
-        return self._kept_matrix() if self._kept_matrix() is not None else \
-            rf.projection(self.n_features_in_, self.random_features, self.seed)
-
-    def _kept_matrix(self) -> np.ndarray | None:
-        matrix = self.__dict__.get("_matrix")
-        if matrix is None and self.n_features_in_ and self.random_features \
-                and 4 * self.n_features_in_ * self.random_features <= KEEP_PROJECTION_BYTES:
-            matrix = self.__dict__["_matrix"] = rf.projection(self.n_features_in_, self.random_features, self.seed)
-        return matrix
+        kept = self._kept_projection(self.n_features_in_)
+        return kept[0] if kept is not None else rf.projection(self.n_features_in_, self.random_features, self.seed)
 
     def _features(self, X: np.ndarray) -> np.ndarray:
         if self.random_features is None:
@@ -103,7 +119,7 @@ class RidgeHead(StatisticsHead):
         stored = self.__dict__.get("projection_")
         if stored is not None:  # a model saved before: its own matrix, float64 product as then
             return np.maximum(np.asarray(X, np.float64) @ stored, 0.0)
-        return rf.project(X, self.random_features, self.seed, matrix=self._kept_matrix())
+        return self._project(X)
 
     def _stats_dim(self) -> int:
         return self.random_features or self.n_features_in_ or 0
@@ -112,13 +128,14 @@ class RidgeHead(StatisticsHead):
         product = "float32" if self.random_features is not None and "projection_" not in self.__dict__ else "float64"
         return ClassStatistics(self._stats_dim(), product=product)
 
-    def _targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(centred Gram matrix (a new array the caller may overwrite), X^T Y centred, grand mean)``."""
+    def _targets(self, gram: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(centred Gram matrix (a new array the caller may overwrite; empty if not gram), X^T Y centred,
+        grand mean)``."""
         st = self._fitted_stats()
         mu = st.grand_mean()
-        gram = st.total_scatter()
+        G = st.total_scatter() if gram else np.zeros((0, 0))
         xty = ((st.means_ - mu) * st.counts_[:, None]).T  # (D, C) = Xc^T Yc
-        return gram, xty, mu
+        return G, xty, mu
 
     def _gcv(self, d: np.ndarray, B: np.ndarray) -> tuple[float, dict[str, list[float]]]:
         """GCV over the grid from the eigenvalues ``d`` and ``B = Q^T X^T Y``: no solve per lambda."""
@@ -176,8 +193,76 @@ class RidgeHead(StatisticsHead):
         intercept = st.counts_ / max(st.n, 1) - st.grand_mean() @ W
         return W.T, intercept
 
+    # -- RanPAC's held-out choice of lambda --------------------------------------
+    slice_stats_: ClassStatistics | None = None
+
+    def _add_class(self, label: Any) -> None:
+        super()._add_class(label)
+        if self.ridge_lambda == "heldout":
+            if self.slice_stats_ is None:
+                self.slice_stats_ = self._new_statistics()
+            self.slice_stats_.add_class()
+
+    def _learn_features(self, Z: np.ndarray, y: np.ndarray, X: np.ndarray) -> None:
+        ks = self._class_indices(y)
+        self._fitted_stats().update(Z, ks)
+        if self.slice_stats_ is not None:
+            mask = heldout_rows(X)
+            if mask.any():
+                self.slice_stats_.update(Z[mask], ks[mask])
+        self.version_ += 1
+
+    def heldout_curve(self) -> tuple[float, dict[str, list[float]]]:
+        """The lambda of least squared error on the held-out slice, and the curve (needs ``"heldout"``).
+
+        Falls back to GCV when the slice or the rest is empty.
+        """
+        from scipy.linalg import eigh
+
+        st, sl = self._fitted_stats(), self.slice_stats_
+        if sl is None:
+            raise HeadError("the held-out slice is kept only with lambda 'heldout'")
+        n, n_s = st.n, sl.n
+        n_t = n - n_s
+        if n_s == 0 or n_t == 0:
+            return self.gcv_lambda()[0], {"lambda": [], "loss": []}
+        counts_t = (st.counts_ - sl.counts_).astype(np.float64)
+        sums_t = st.counts_[:, None] * st.means_ - sl.counts_[:, None] * sl.means_
+        mu_t, mu_s = sums_t.sum(axis=0) / n_t, sl.grand_mean()
+        scatter_s = sl.total_scatter()
+        train = st.total_scatter()
+        train -= scatter_s  # the rows outside the slice, about their own mean:
+        delta = (mu_t - mu_s)[None, :]
+        _add_low_rank(train, delta, np.array([-n_t * n_s / n]))
+        d, Q = eigh(train, overwrite_a=True, check_finite=False)
+        del train
+        d = np.maximum(d, 0.0)
+        B = Q.T @ (sums_t - counts_t[:, None] * mu_t).T  # Q^T X^T Y of the training part, centred
+        xty_s = ((sl.means_ - mu_s) * sl.counts_[:, None]).T
+        yy_s = float((sl.counts_ * (1 - sl.counts_ / n_s)).sum())
+        ybar_t, ybar_s = counts_t / n_t, sl.counts_ / n_s
+        losses = []
+        for lam in HELDOUT_GRID:
+            W = Q @ (B / (d + lam)[:, None])
+            offset = ybar_s - mu_s @ W - (ybar_t - mu_t @ W)  # slice means' residual
+            losses.append(yy_s - 2 * float((W * xty_s).sum()) + float((W * (scatter_s @ W)).sum())
+                          + n_s * float((offset ** 2).sum()))
+        best = int(np.argmin(losses))
+        return float(HELDOUT_GRID[best]), {"lambda": HELDOUT_GRID.tolist(), "loss": losses}
+
+    def merge(self, other: Self) -> Self:
+        """Fold in a model trained on other rows (same random projection): equals training on both."""
+        self._merge_projection(other)
+        super().merge(other)
+        if self.slice_stats_ is not None and other.slice_stats_ is not None:
+            self.slice_stats_.merge(other.slice_stats_, self._class_indices(other.classes_))
+        return self
+
     def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
-        if self.ridge_lambda == "auto":
+        if self.ridge_lambda == "heldout":
+            lam = self.heldout_curve()[0]
+            W = self._cholesky_solve(lam)
+        elif self.ridge_lambda == "auto":
             d, Q, xty, _ = self._eigen()
             B = Q.T @ xty
             lam = self._gcv(d, B)[0]
@@ -187,13 +272,23 @@ class RidgeHead(StatisticsHead):
             W = self._cholesky_solve(lam)
         return (*self._rule(W), lam)
 
-    def _progressive_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.ridge_lambda != "auto":
-            return super()._progressive_coefficients()
+    def _progressive_rule(self, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        if self.ridge_lambda not in ("auto", "heldout") or not exact:
+            return super()._progressive_rule(exact)
+        return self._rule(self._cholesky_solve(self._progressive_lambda()))
+
+    def _progressive_lambda(self) -> float:
+        """A fixed lambda, or under auto PROGRESSIVE_LAMBDA times the mean eigenvalue (the trace over D)."""
+        if self.ridge_lambda not in ("auto", "heldout"):
+            return float(self.ridge_lambda)
         st = self._fitted_stats()
-        trace = float(np.trace(st.shifted_) - (st.counts_ * ((st.means_ - st.refs_) ** 2).sum(axis=1)).sum()
-                      + (st.counts_ * ((st.means_ - st.grand_mean()) ** 2).sum(axis=1)).sum())
-        return self._rule(self._cholesky_solve(PROGRESSIVE_LAMBDA * max(trace / st.dim, 1e-12)))
+        return PROGRESSIVE_LAMBDA * max(float(st.total_variances().sum()) / st.dim, 1e-12)
+
+    def _diagonal_rule(self) -> tuple[np.ndarray, np.ndarray]:
+        """Progressive validation's early rule: ``(diag(G) + lambda)^-1 X^T Y``, O(C D)."""
+        st = self._fitted_stats()
+        _, xty, _ = self._targets(gram=False)
+        return self._rule(xty / (np.maximum(st.total_variances(), 0.0) + self._progressive_lambda())[:, None])
 
     @property
     def lambda_(self) -> float:
@@ -204,8 +299,7 @@ class RidgeHead(StatisticsHead):
         total = scores.sum(axis=1, keepdims=True)
         return np.divide(scores, total, out=np.full_like(scores, 1.0 / scores.shape[1]), where=total > 0)
 
-    def merge(self, other: Self) -> Self:
-        """Fold in a model trained on other rows (same random projection): equals training on both."""
+    def _merge_projection(self, other: Self) -> None:
         if self.random_features is not None and self.n_features_in_ is not None and other.n_features_in_ is not None:
             mine, theirs = self.__dict__.get("projection_"), other.__dict__.get("projection_")
             if (mine is None) != (theirs is None) or mine is not None and theirs is not None \
@@ -214,11 +308,10 @@ class RidgeHead(StatisticsHead):
                                 "(one saved by an older version keeps its own matrix)")
         if self.n_features_in_ is None and "projection_" in other.__dict__:
             self.__dict__["projection_"] = other.__dict__["projection_"]
-        super().merge(other)
-        return self
 
     def describe(self) -> dict[str, Any]:
         if self.stats_ is None or not self.classes_:
             return {}
-        return {"lambda_used": self.lambda_, "lambda_selection": "gcv" if self.ridge_lambda == "auto" else "fixed",
+        return {"lambda_used": self.lambda_, "lambda_selection": {"auto": "gcv", "heldout": "heldout slice"}.get(
+                    str(self.ridge_lambda), "fixed"),
                 "rows": self.stats_.n, "dim": self.stats_.dim}

@@ -81,6 +81,24 @@ class SLDAHead(StatisticsHead):
         intercept = -0.5 * np.einsum("ij,ij->i", st.means_, coef) + prior
         return coef, intercept, s
 
+    def _diagonal_rule(self) -> tuple[np.ndarray, np.ndarray]:
+        """Progressive validation's early rule: the per-feature variances, shrunk as the covariance is
+        (OAS computed on the diagonal), in place of the covariance."""
+        st = self._fitted_stats()
+        var = np.maximum(st.within_variances(), 0.0) / max(st.n, 1)
+        mu = float(var.mean()) if var.sum() > 0 else 1.0
+        if self.shrinkage == "auto":
+            p = len(var)
+            alpha, m = float((var ** 2).sum()) / p ** 2, float(var.mean())
+            den = (st.n + 1) * (alpha - m ** 2 / p)
+            s = 1.0 if den == 0 else float(min((alpha + m ** 2) / den, 1.0))
+        else:
+            s = float(self.shrinkage)
+        shrunk = np.maximum((1.0 - s) * var + s * mu, 1e-300)
+        coef = st.means_ / shrunk
+        prior = np.log(np.maximum(st.counts_, 1) / max(st.n, 1))
+        return coef, -0.5 * np.einsum("ij,ij->i", st.means_, coef) + prior
+
     def _proba(self, X: np.ndarray) -> np.ndarray:
         return softmax_rows(self.decision_function(X))
 

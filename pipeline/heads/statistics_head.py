@@ -7,11 +7,9 @@ Subclasses say how to turn the statistics into ``(coef, intercept, setting)``
 Solves are lazy: learning only updates the statistics and bumps ``version_``;
 the first prediction after a change solves, and the solution is reused until
 the statistics change again (merging counts as a change). Progressive
-validation refreshes its solution when the rows seen have doubled *and* grown
-by at least ``min_refresh_gap`` rows per statistics dimension, so its solves
-cost a bounded share of learning: a solve is about D^3/3 operations and the
-update about D^2 per row, so a gap of D rows caps the solves at about a third
-of the update work, and O(log rows) solves in all.
+validation predicts in blocks with a rule refreshed as rows grow
+(:mod:`pipeline.heads.progressive`); a block's features are computed once,
+for scoring and for learning.
 """
 
 from __future__ import annotations
@@ -23,21 +21,14 @@ import numpy as np
 from pipeline.errors import HeadError
 from pipeline.heads.base import Head
 from pipeline.heads.class_stats import ClassStatistics
+from pipeline.heads.progressive import BlockProgressive, blas_threads_for
 
 if TYPE_CHECKING:
     from typing import Self
 
 
-class StatisticsHead(Head):
+class StatisticsHead(BlockProgressive, Head):
 
-    # Progressive validation predicts rows before learning them. Solving costs about D^3/3
-    # (0.15 s at D=2048, 1 s with GCV), so rows are predicted in blocks with the solution of
-    # all rows before the block, refreshed when the rows seen have grown by this factor: blocks
-    # follow the rows seen, not the chunk size, and cost O(log rows) solves in all.
-    # Held-out evaluation is always exact.
-    progressive_refresh = 2.0
-    min_refresh_gap = 1.0  # rows per statistics dimension between two progressive solves
-    first_block = 8   # rows predicted with nothing learnt yet (None, counted as errors)
     version_ = 0      # bumped whenever the statistics change (class default for models saved before)
     _solution: tuple[int, np.ndarray, np.ndarray, float] | None = None
     state_schema = {"version_": "count", "stats_": "object?"}  # pipeline.heads.state_check
@@ -47,7 +38,6 @@ class StatisticsHead(Head):
         self.stats_: ClassStatistics | None = None
         self.version_ = 0
         self._solution = None
-        self._progressive: tuple[np.ndarray, np.ndarray, int, int] | None = None
 
     def _check_state(self, dims: dict[str, int]) -> None:
         """A loaded state: statistics of every class, in the head's dimension (pipeline.heads.state_check)."""
@@ -84,8 +74,12 @@ class StatisticsHead(Head):
         return self.stats_
 
     def _learn(self, X: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        self._learn_features(self._features(X), y, X)
+
+    def _learn_features(self, Z: np.ndarray, y: np.ndarray, X: np.ndarray) -> None:
+        """Learn rows whose features are ``Z`` (``X``: the rows as given)."""
         ks = self._class_indices(y)
-        self._fitted_stats().update(self._features(X), ks)
+        self._fitted_stats().update(Z, ks)
         self.version_ += 1
 
     # -- prediction --------------------------------------------------------------
@@ -93,13 +87,10 @@ class StatisticsHead(Head):
         """``(coef (C, D), intercept (C,), the shrinkage or lambda used)``, solved once per ``version_``."""
         cached = self._solution
         if cached is None or cached[0] != self.version_:
-            cached = self._solution = (self.version_, *self._solve())
+            with blas_threads_for(self._fitted_stats().dim):
+                solved = self._solve()
+            cached = self._solution = (self.version_, *solved)
         return cached[1], cached[2], cached[3]
-
-    def _progressive_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
-        """The rule progressive validation predicts with: the exact one unless a head has a cheaper one."""
-        coef, intercept, _ = self._coefficients()
-        return coef, intercept
 
     @property
     def coef_(self) -> np.ndarray:
@@ -117,31 +108,33 @@ class StatisticsHead(Head):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.array(self.classes_, dtype=object)[np.argmax(self.decision_function(X), axis=1)]
 
-    def progressive_fit(self, X: np.ndarray, y: Sequence[Hashable] | np.ndarray,
-                        paths: Sequence[str] | None = None) -> np.ndarray:
-        X = self._check_X(X)
-        y = np.asarray(y, dtype=object)
-        preds = np.full(len(X), None, dtype=object)
-        start = 0
-        while start < len(X):
-            if not self.classes_:
-                stop = min(len(X), start + self.first_block)
-            else:
-                p, n = self._progressive, self._fitted_stats().n
-                if p is None or n >= self._next_refresh(p[2]) or len(self.classes_) != p[3]:
-                    coef, intercept = self._progressive_coefficients()
-                    p = self._progressive = (coef, intercept, n, len(self.classes_))
-                stop = min(len(X), start + max(1, self._next_refresh(p[2]) - n))
-                scores = np.asarray(self._features(X[start:stop]), np.float64) @ p[0].T + p[1]
-                preds[start:stop] = np.array(self.classes_[: p[3]], dtype=object)[np.argmax(scores, axis=1)]
-            self.partial_fit(X[start:stop], y[start:stop], None if paths is None else paths[start:stop])
-            start = stop
-        return preds
+    # -- progressive validation (the loop: pipeline.heads.progressive) -----------
+    def _rows_learnt(self) -> int:
+        return self._fitted_stats().n
 
-    def _next_refresh(self, solved_at: int) -> int:
-        """Rows seen at which progressive validation solves again, after solving at ``solved_at`` rows."""
-        gap = int(np.ceil(self.min_refresh_gap * self._fitted_stats().dim))
-        return max(int(np.ceil(self.progressive_refresh * solved_at)), solved_at + gap)
+    def _refresh_dim(self) -> int:
+        return self._fitted_stats().dim
+
+    def _progressive_rule(self, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``(coef, intercept)`` progressive validation predicts with: the exact rule, or the diagonal one."""
+        if not exact:
+            return self._diagonal_rule()
+        coef, intercept, _ = self._coefficients()
+        return coef, intercept
+
+    def _diagonal_rule(self) -> tuple[np.ndarray, np.ndarray]:
+        """The head's rule with its covariance or Gram matrix replaced by the diagonal, O(C D)."""
+        raise NotImplementedError
+
+    def _progressive_input(self, X: np.ndarray) -> np.ndarray:
+        return self._features(X)
+
+    def _progressive_scores(self, rule: tuple[np.ndarray, np.ndarray], Z: np.ndarray) -> np.ndarray:
+        return np.asarray(Z, np.float64) @ rule[0].T + rule[1]
+
+    def _progressive_learn(self, X: np.ndarray, Z: np.ndarray, y: np.ndarray, paths: Sequence[str] | None) -> None:
+        self._learn_features(Z, y, X)  # the block's features, computed once for scoring and learning
+        self.rows_seen_ += len(X)
 
     # -- merging -----------------------------------------------------------------
     def _check_mergeable(self, other: StatisticsHead) -> None:
