@@ -24,7 +24,8 @@ def test_auto_is_float32_on_this_cpu_unless_it_has_bf16_instructions():
 
 
 def test_auto_workers_uses_the_cores():
-    assert resolve_workers(3, "CPU") == 3
+    assert resolve_workers(3, "CPU", cpus=4) == 3
+    assert resolve_workers(3, "CPU", cpus=2) == 2  # capped by the cores (issue 23: --workers 1000 spawned 51 decoders)
     assert 1 <= resolve_workers("auto", "CPU") <= max(2, auto_decode_workers("CPU"))
     assert auto_decode_workers("GPU x1", cpus=1) == 1
 

@@ -50,6 +50,7 @@ def blas_threads_for(dim: int) -> ContextManager[Any]:
     """One BLAS thread for a factorisation of a ``dim`` x ``dim`` matrix up to ``ONE_THREAD_DIM``."""
     if dim > ONE_THREAD_DIM:
         return nullcontext()
+    import scipy.linalg  # noqa: F401  # load its BLAS first: a limit covers only the libraries loaded when it is set
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # scikit-learn's dependency
 
     return threadpool_limits(limits=1, user_api="blas")
