@@ -130,3 +130,24 @@ def ray_cluster():
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def invoke_cli(*args: object) -> None:
+    """Run a pipeline command in this process (no interpreter start-up to pay); it must succeed."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+
+
+def writer_inputs(folder: Path, rows_a: int, rows_b: int, dim: int) -> Path:
+    """What every writing command reads: stores a.h5 and b.h5 (classes x, y, z), an slda model of each
+    (a.model, b.model, mergeable) and an export of a.h5 (emb/)."""
+    a = make_blobs_store(folder / "a.h5", rows_a, dim, ["x", "y", "z"], seed=1)
+    b = make_blobs_store(folder / "b.h5", rows_b, dim, ["x", "y", "z"], seed=2)
+    for store in (a, b):
+        invoke_cli("train-incremental", store, "--head", "slda", "--model-out", store.with_suffix(".model"), "-q")
+    invoke_cli("export", a, "-o", folder / "emb", "-q")
+    return folder

@@ -12,10 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import DVC, WEIGHTS_025, kaggle_names, link_subset, make_blobs_store, requires_shared
-from pipeline.cli import main
+from conftest import DVC, WEIGHTS_025, kaggle_names, link_subset, requires_shared, writer_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_TEST_")}
@@ -23,20 +21,9 @@ ENV.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
 SMALL = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "96", "--weights", str(WEIGHTS_025)]
 
 
-def invoke(*args: object) -> None:
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    assert r.exit_code == 0, r.output
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("inputs")
-    a = make_blobs_store(folder / "a.h5", 200, 16, ["x", "y", "z"], seed=1)
-    b = make_blobs_store(folder / "b.h5", 200, 16, ["x", "y", "z"], seed=2)
-    for store in (a, b):
-        invoke("train-incremental", store, "--head", "slda", "--model-out", store.with_suffix(".model"), "-q")
-    invoke("export", a, "-o", folder / "emb", "-q")
-    return folder
+    return writer_inputs(tmp_path_factory.mktemp("inputs"), 200, 200, 16)
 
 
 def commands(i: Path, out: Path) -> dict[str, tuple[Path, list[object]]]:

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import DVC, WEIGHTS_025, kaggle_names, link_subset, make_blobs_store
-from pipeline.cli import main
+from conftest import DVC, WEIGHTS_025, invoke_cli, kaggle_names, link_subset, make_blobs_store
 from pipeline.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +61,6 @@ def disk(tmp_path_factory):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def invoke(*args: object) -> None:
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    assert r.exit_code == 0, r.output
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """A 3 MB store and its export, two mergeable 2 MB models, a few real photos."""
@@ -75,8 +68,8 @@ def inputs(tmp_path_factory):
     make_blobs_store(folder / "big.h5", 3000, 256, ["a", "b", "c"])
     for name, seed in (("a", 1), ("b", 2)):
         store = make_blobs_store(folder / f"{name}.h5", 300, 512, ["a", "b", "c"], seed=seed)
-        invoke("train-incremental", store, "--head", "slda", "--model-out", folder / f"{name}.model", "-q")
-    invoke("export", folder / "big.h5", "-o", folder / "emb", "-q")
+        invoke_cli("train-incremental", store, "--head", "slda", "--model-out", folder / f"{name}.model", "-q")
+    invoke_cli("export", folder / "big.h5", "-o", folder / "emb", "-q")
     if WEIGHTS_025.is_file() and DVC.is_dir():
         link_subset(DVC, folder / "src", kaggle_names(12))
     return folder
@@ -153,7 +146,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_after_freeing_space_equals_a_run_
     if name == "extract" and not (inputs / "src").exists():
         pytest.skip("needs the shared photos and weights")
     clean_out, clean_args = commands(inputs, tmp_path)[name]
-    invoke(*clean_args)  # in this process: no start-up to pay
+    invoke_cli(*clean_args)  # in this process: no start-up to pay
     expected = contents(clean_out)
     out, args = commands(inputs, disk.path)[name]
     failed = 0
@@ -178,7 +171,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_after_freeing_space_equals_a_run_
 def test_training_logs_on_a_full_disk_keep_the_model_saved_on_another_disk(tmp_path, disk, inputs):
     args = ["train-incremental", inputs / "big.h5", "--head", "slda", "--holdout", "0.3", "--eval-every", "500",
             "-q", "--model-out"]
-    invoke(*args, tmp_path / "clean.model")
+    invoke_cli(*args, tmp_path / "clean.model")
     for free_kb in (0, 4):
         disk.clear()
         disk.fill(free_kb)
@@ -195,7 +188,7 @@ def test_a_checkpoint_that_no_longer_fits_ends_the_run_and_resume_continues_it(t
     opts = ["--head", "slda", "--holdout", "0.3", "--eval-every", "500", "--chunk-rows", "250", "--checkpoint-every",
             "500", "-q"]
     clean = tmp_path / "clean.model"
-    invoke("train-incremental", inputs / "big.h5", *opts, "--model-out", clean)
+    invoke_cli("train-incremental", inputs / "big.h5", *opts, "--model-out", clean)
     size = clean.stat().st_size
     disk.clear()
     disk.fill(int(1.5 * size / 1024))

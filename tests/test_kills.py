@@ -89,26 +89,12 @@ def test_decoder_processes_die_within_seconds_of_a_kill_9_of_their_parent(tmp_pa
 
 # --- nothing left behind: killed half way through writing, then a successful rerun -----------------
 
-from click.testing import CliRunner  # noqa: E402
-
-from conftest import make_blobs_store  # noqa: E402
-from pipeline.cli import main  # noqa: E402
-
-
-def invoke(*args: object) -> None:
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    assert r.exit_code == 0, r.output
+from conftest import invoke_cli, writer_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("inputs")
-    a = make_blobs_store(folder / "a.h5", 3000, 32, ["x", "y", "z"], seed=1)
-    b = make_blobs_store(folder / "b.h5", 300, 32, ["x", "y", "z"], seed=2)
-    for store in (a, b):
-        invoke("train-incremental", store, "--head", "slda", "--model-out", store.with_suffix(".model"), "-q")
-    invoke("export", a, "-o", folder / "emb", "-q")
-    return folder
+    return writer_inputs(tmp_path_factory.mktemp("inputs"), 3000, 300, 32)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -151,7 +137,7 @@ def test_a_command_killed_half_way_through_writing_leaves_nothing_after_the_reru
     clean.mkdir()
     out.mkdir()
     if name == "export-overwrite":  # an earlier export is being replaced: it must survive the kill whole
-        invoke("export", inputs / "a.h5", "-o", out / "e", "-q")
+        invoke_cli("export", inputs / "a.h5", "-o", out / "e", "-q")
         before = {p.name: p.read_bytes() for p in (out / "e").rglob("*") if p.is_file()}
     args = make(inputs, out)
     kill_at(point, args, out)
@@ -160,7 +146,7 @@ def test_a_command_killed_half_way_through_writing_leaves_nothing_after_the_reru
     r = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     assert leftovers(out) == [], leftovers(out)
-    invoke(*make(inputs, clean))
+    invoke_cli(*make(inputs, clean))
     a, b = clean / output, out / output
     files = sorted(a.rglob("*")) if a.is_dir() else [a]
     for f in files:
