@@ -17,7 +17,10 @@ zero_bias, keep_moments (the output's Adam moments kept and zero-padded under
 one global step count), zero_moments (with keep_moments: the output's moments
 zeroed on growth), glorot (Glorot-uniform hidden layer, zero bias), eps7 (Adam
 epsilon 1e-7), all_units (every class's output from the start, masked until
-seen), reset_all (the whole Adam state reset per task).
+seen), reset_all (the whole Adam state reset per task), grow_each (a new output Linear for every task, as
+the ``mlp`` head once restarted its output's Adam state; Avalanche makes one only when the largest class
+index grows), column_steps (the output's Adam per unit: moments and a step count from when its class is
+seen, old units keep theirs; the ``mlp`` head's rule).
 """
 
 from __future__ import annotations
