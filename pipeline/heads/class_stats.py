@@ -110,9 +110,30 @@ class ClassStatistics:
     def grand_mean(self) -> np.ndarray:
         return (self.counts_[:, None] * self.means_).sum(axis=0) / max(self.n, 1)
 
+    def _total_terms(self) -> tuple[tuple[np.ndarray, float], tuple[np.ndarray, float]]:
+        """The low-rank terms that turn ``shifted_`` into the total scatter."""
+        return (self.means_ - self.refs_, -1.0), (self.means_ - self.grand_mean(), 1.0)
+
     def total_scatter(self) -> np.ndarray:
         """sum over rows of (x - mu)(x - mu)^T: within plus between-class scatter (a new array)."""
-        return self._corrected((self.means_ - self.refs_, -1.0), (self.means_ - self.grand_mean(), 1.0))
+        return self._corrected(*self._total_terms())
+
+    def add_total_scatter(self, out: np.ndarray, sign: float = 1.0) -> None:
+        """``out += sign * total_scatter()`` in place, a block of rows at a time (no D x D temporary)."""
+        if sign == 1.0:
+            out += self.shifted_
+        else:
+            out -= self.shifted_
+        for A, term_sign in self._total_terms():
+            _add_low_rank(out, A, sign * term_sign * self.counts_.astype(np.float64))
+
+    def total_scatter_dot(self, V: np.ndarray) -> np.ndarray:
+        """``total_scatter() @ V`` without forming the D x D total scatter (O(D^2 k) for V of k columns)."""
+        out = self.shifted_ @ V
+        w = self.counts_.astype(np.float64)[:, None]
+        for A, sign in self._total_terms():
+            out += A.T @ (sign * w * (A @ V))
+        return out
 
 
 def _add_low_rank(out: np.ndarray, A: np.ndarray, w: np.ndarray) -> None:
