@@ -515,3 +515,24 @@ def test_ridge_solves_hold_one_gram_matrix_at_a_time(monkeypatch):
         finally:
             tracemalloc.stop()
         assert matrix < peak < 1.5 * matrix
+
+
+def test_merge_updates_statistics_in_place_without_touching_read_only_or_shared_arrays():
+    """The merge writes the scatter into the head's own matrix (no second D x D); a read-only one (mapped from
+    Ray's object store) is copied, the other model is left as it was, and a model merged with itself counts
+    its rows twice."""
+    X, y = data(400)
+    a, b = make_head("ridge").partial_fit(X[:200], y[:200]), make_head("ridge").partial_fit(X[200:], y[200:])
+    both = make_head("ridge").partial_fit(X, y)
+    own = a.stats_.shifted_
+    theirs = b.stats_.shifted_.copy()
+    b.stats_.shifted_.flags.writeable = False
+    a.merge(b)
+    assert a.stats_.shifted_ is own
+    np.testing.assert_array_equal(b.stats_.shifted_, theirs)
+    np.testing.assert_allclose(a.stats_.total_scatter(), both.stats_.total_scatter(), rtol=1e-9, atol=1e-9)
+    b.merge(make_head("ridge").partial_fit(X[:200], y[:200]))  # into a read-only matrix: copied
+    np.testing.assert_allclose(b.stats_.total_scatter(), both.stats_.total_scatter(), rtol=1e-9, atol=1e-9)
+    twice = make_head("ridge").partial_fit(np.vstack([X, X]), np.concatenate([y, y]))
+    both.merge(both)
+    np.testing.assert_allclose(both.stats_.total_scatter(), twice.stats_.total_scatter(), rtol=1e-9, atol=1e-9)

@@ -90,7 +90,12 @@ class ClassStatistics:
         n_a, n_b = self.counts_[idx].astype(np.float64), other.counts_[keep].astype(np.float64)
         total = n_a + n_b
         delta = other.means_[keep] - self.means_[idx]
-        scatter = self.within_scatter()
+        # the within-class scatter, computed in place: one D x D matrix fewer (800 MB at M = 10,000); a
+        # read-only array (mapped from Ray's object store), or one shared with ``other``, is copied first
+        scatter = self.shifted_
+        if not scatter.flags.writeable or np.may_share_memory(scatter, other.shifted_):
+            scatter = scatter.copy()
+        _add_low_rank(scatter, self.means_ - self.refs_, -self.counts_.astype(np.float64))
         scatter += other.shifted_
         _add_low_rank(scatter, other.means_ - other.refs_, -other.counts_.astype(np.float64))
         _add_low_rank(scatter, delta, n_a * n_b / total)
