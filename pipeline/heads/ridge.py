@@ -60,9 +60,9 @@ LAMBDA_GRID = np.logspace(-6, 3, 46)  # multiples of the mean eigenvalue of the 
 PROGRESSIVE_LAMBDA = 1e-2  # progressive validation's multiple of the mean eigenvalue under auto / heldout
 HELDOUT_GRID = 10.0 ** np.arange(-8, 9)  # RanPAC's candidate lambdas
 HELDOUT_FRACTION = 0.2  # share of rows in the held-out slice
-# Above this dimension the held-out choice solves each candidate by Cholesky instead of sharing one
-# eigendecomposition: its eigenvectors would be a second D x D matrix (800 MB at M = 10,000, 3.2 GB with the
-# statistics), and one eigendecomposition measured 22-39 Cholesky factorisations at D = 3,000 (17 candidates).
+# Above this dimension the held-out choice solves each candidate by an in-place Cholesky instead of sharing
+# one eigendecomposition: its eigenvectors would be a second D x D matrix (800 MB at M = 10,000: 3.2 GB with
+# the two statistics). It trades memory for time (measured in docs/exemplar-free-heads.md).
 HELDOUT_EIGH_MAX_DIM = 4096
 
 
