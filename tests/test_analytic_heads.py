@@ -502,11 +502,11 @@ def test_ridge_solves_hold_one_gram_matrix_at_a_time(monkeypatch):
 
     from pipeline.heads import class_stats, ridge
 
-    X, y = data(800, dim=16)
+    X, y = data(400, dim=16)
     monkeypatch.setattr(ridge, "HELDOUT_EIGH_MAX_DIM", 0)
-    monkeypatch.setattr(class_stats, "ROW_BLOCK", 100)  # low-rank corrections a sixth of the matrix at a time
-    head = RidgeHead(ridge_lambda="heldout", random_features=600).partial_fit(X, y)
-    matrix = 600 * 600 * 8
+    monkeypatch.setattr(class_stats, "ROW_BLOCK", 50)  # low-rank corrections a sixth of the matrix at a time
+    head = RidgeHead(ridge_lambda="heldout", random_features=300).partial_fit(X, y)
+    matrix = 300 * 300 * 8
     for solve in (lambda: head._cholesky_solve(1.0), head.heldout_curve):
         tracemalloc.start()
         try:
