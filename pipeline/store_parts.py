@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline.errors import StoreError, one_line
+from pipeline.errors import StoreError, write_failure
 from pipeline.fsutil import WRITE_ERRORS, atomic_path, read_json
 from pipeline.identity import identity_of
 from pipeline.store_protocol import Rows, Store
@@ -59,7 +59,7 @@ def write_manifest(folder: Path, data: dict[str, Any]) -> None:
             tmp.write_text(json.dumps({"format": PARTS_FORMAT, "format_version": PARTS_VERSION, **data},
                                       indent=1, sort_keys=True))
     except WRITE_ERRORS as exc:
-        raise StoreError(f"writing {folder / MANIFEST} failed ({one_line(exc)}); free disk space and rerun the same "
+        raise StoreError(f"writing {folder / MANIFEST} failed ({write_failure(exc)}); free disk space and rerun the same "
                          "command to continue") from None
 
 

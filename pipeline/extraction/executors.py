@@ -24,6 +24,7 @@ from pipeline.errors import ExecutorError
 from pipeline.extraction.decoding import uses_processes
 from pipeline.extraction.partition import PartitionJob, PartitionResult, run_partition, run_partitions
 from pipeline.extraction.plan import Partition
+from pipeline.workers import available_cpus
 
 OnImages = Callable[[int], None]
 
@@ -49,12 +50,18 @@ class LocalExecutor:
 
     ``decode``: ``threads``, ``processes`` or ``auto`` (processes from
     :data:`~pipeline.extraction.decoding.PROCESS_DECODE_MIN` decoders on).
+    ``decode_threads`` is capped by the cores this process may use, as ``--workers`` is (each decode
+    process holds a copy of the listing; decoders beyond the cores only contend).
+
+    >>> from pipeline.workers import available_cpus
+    >>> LocalExecutor(decode_threads=1000).decode_threads == available_cpus()
+    True
     """
 
     name = "local"
 
     def __init__(self, decode_threads: int = 2, decode: str = "auto"):
-        self.decode_threads = decode_threads
+        self.decode_threads = decode_threads = max(1, min(int(decode_threads), available_cpus()))
         self.decode_processes = uses_processes(decode, decode_threads)
         self.description = f"local, {decode_threads} decode {'processes' if self.decode_processes else 'threads'}"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pipeline.errors import StoreError, one_line
+from pipeline.errors import StoreError, write_failure
 from pipeline.fsutil import pause_point
 from pipeline.extraction.plan import ExtractionPlan, Partition, discard_parts
 from pipeline.store import WRITE_ERRORS, FeatureStore, StoreWriter, atomic_path
@@ -51,7 +51,7 @@ def merge_shards(plan: ExtractionPlan, dtype: str, compression: str | None) -> F
             done = Finalized(writer.rows, int(writer.skipped_paths.shape[0]))
             writer.close(complete=True)
     except WRITE_ERRORS as exc:
-        raise StoreError(f"writing {plan.out} failed ({one_line(exc)}); the shards in {plan.parts} are kept: fix the cause "
+        raise StoreError(f"writing {plan.out} failed ({write_failure(exc)}); the shards in {plan.parts} are kept: fix the cause "
                          "(free disk space?) and rerun the same command to merge them") from None
     discard_parts(plan.parts)
     return done

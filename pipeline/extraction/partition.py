@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from pipeline.backbones import Backbone, BackboneConfig, backbone_for
-from pipeline.errors import StoreError, one_line
+from pipeline.errors import StoreError, write_failure
 from pipeline.extraction.decoding import decoded_batches
 from pipeline.extraction.plan import Partition
 from pipeline.images import ImageSource
@@ -82,7 +82,7 @@ def write_shard(job: PartitionJob, rows: _Rows) -> float:
             w.add_skipped([p for p, _ in rows.skipped], [r for _, r in rows.skipped])
             w.close(complete=False)
     except WRITE_ERRORS as exc:
-        raise StoreError(f"writing {final} failed ({one_line(exc)}); finished shards are kept: fix the cause (free disk "
+        raise StoreError(f"writing {final} failed ({write_failure(exc)}); finished shards are kept: fix the cause (free disk "
                          "space?) and rerun the same command to continue") from None
     return time.perf_counter() - t0
 
