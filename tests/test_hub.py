@@ -239,9 +239,9 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_kill_9_then_rerun_equals_uninterrupted_run(presets, tmp_path):
-    src = link_subset(DVC, tmp_path / "src", kaggle_names(80))  # 160 photos: 10 shards, killed after 4
+    src = link_subset(DVC, tmp_path / "src", kaggle_names(300))
     killed, clean = tmp_path / "killed.h5", tmp_path / "clean.h5"
-    opts = ["--backbone", f"hub:{presets['dinov2']}", "--batch-size", "8", "--checkpoint-rows", "16", "-q"]
+    opts = ["--backbone", f"hub:{presets['dinov2']}", "--batch-size", "16", "--checkpoint-rows", "32", "-q"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(_cli("extract-features", str(src), "-o", str(killed), *opts), env=env, cwd=ROOT)
     sigkill_after_shards(proc, tmp_path / "killed.h5.parts", 4, timeout=240)
@@ -249,7 +249,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(presets, tmp_path):
     subprocess.run(_cli("extract-features", str(src), "-o", str(killed), *opts), env=env, check=True, cwd=ROOT)
     subprocess.run(_cli("extract-features", str(src), "-o", str(clean), *opts), env=env, check=True, cwd=ROOT)
     (Xk, pk), (Xc, pc) = _read(killed), _read(clean)
-    assert pk == pc and len(pk) == 160
+    assert pk == pc and len(pk) == 600
     assert Xk.tobytes() == Xc.tobytes()
 
 
