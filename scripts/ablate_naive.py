@@ -17,7 +17,10 @@ zero_bias, keep_moments (the output's Adam moments kept and zero-padded under
 one global step count), zero_moments (with keep_moments: the output's moments
 zeroed on growth), glorot (Glorot-uniform hidden layer, zero bias), eps7 (Adam
 epsilon 1e-7), all_units (every class's output from the start, masked until
-seen), reset_all (the whole Adam state reset per task).
+seen), reset_all (the whole Adam state reset per task), grow_each (a new output Linear for every task, as
+the ``mlp`` head once restarted its output's Adam state; Avalanche makes one only when the largest class
+index grows), column_steps (the output's Adam per unit: moments and a step count from when its class is
+seen, old units keep theirs; the ``mlp`` head's rule).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_avalanche import load  # noqa: E402
 
 SWITCHES = {"zero_out", "zero_weights", "zero_bias", "keep_moments", "zero_moments", "glorot", "eps7", "all_units",
-            "reset_all"}
+            "reset_all", "grow_each", "column_steps"}
 
 
 def run(d: dict[str, np.ndarray], tasks: list[list[int]], on: set[str], epochs: int, seed: int) -> list[float]:
@@ -53,7 +56,7 @@ def run(d: dict[str, np.ndarray], tasks: list[list[int]], on: set[str], epochs: 
     after_each, steps = [], 0
     for i, task in enumerate(tasks):
         size = n_classes if "all_units" in on else max(out.out_features, max(task) + 1)
-        if size != out.out_features:   # IncrementalClassifier: a new Linear, the old rows copied
+        if size != out.out_features or "grow_each" in on:   # IncrementalClassifier: a new Linear, the old rows copied
             new = nn.Linear(512, size)
             if "zero_out" in on or "zero_weights" in on:
                 nn.init.zeros_(new.weight)
@@ -76,6 +79,21 @@ def run(d: dict[str, np.ndarray], tasks: list[list[int]], on: set[str], epochs: 
             active = torch.cat([active, torch.zeros(size - len(active), dtype=torch.bool)])
         if "reset_all" in on:
             opt.state.clear()
+        if "column_steps" in on:   # the output's own Adam: moments and a step count per unit, from when it is seen
+            group = opt.param_groups[0]
+            group["params"] = [p for p in group["params"] if all(p is not q for q in out.parameters())]
+            for p in out.parameters():
+                opt.state.pop(p, None)
+            if i == 0 or col["m"][0].shape[0] != size:
+                old = col if i else None
+                col = {"m": [torch.zeros_like(out.weight), torch.zeros_like(out.bias)],
+                       "v": [torch.zeros_like(out.weight), torch.zeros_like(out.bias)], "t": torch.zeros(size)}
+                if old is not None:
+                    n = old["t"].shape[0]
+                    for key in ("m", "v"):
+                        for a, b in zip(col[key], old[key]):
+                            a[:n] = b
+                    col["t"][:n] = old["t"]
         active[list(task)] = True
         rows = torch.tensor(np.flatnonzero(np.isin(d["ytr"], task)))
         shuffle = torch.Generator().manual_seed(seed * 100 + i)
@@ -88,6 +106,18 @@ def run(d: dict[str, np.ndarray], tasks: list[list[int]], on: set[str], epochs: 
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if "column_steps" in on:
+                    with torch.no_grad():
+                        col["t"] += active.float()
+                        t = col["t"].clamp(min=1)
+                        rate = 1e-3 * torch.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * active.float()
+                        for j, p in enumerate(out.parameters()):
+                            g = p.grad
+                            col["m"][j].mul_(0.9).add_(0.1 * g)
+                            col["v"][j].mul_(0.999).add_(0.001 * g * g)
+                            r = rate[:, None] if p.dim() == 2 else rate
+                            p -= r * col["m"][j] / (col["v"][j].sqrt() + 1e-8)
+                            p.grad = None
                 steps += 1
         with torch.no_grad():
             pred = out(torch.relu(hidden(Xte))).masked_fill(~active, -1000.0).argmax(1).numpy()
