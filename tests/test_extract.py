@@ -98,10 +98,10 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
-    src = link_subset(DVC, tmp_path / "src", kaggle_names(80))  # 160 photos: 10 shards, killed after 4
+    src = link_subset(DVC, tmp_path / "src", kaggle_names(300))
     (src / "cat.999.jpg").write_bytes(b"\xff\xd8 broken")
     killed, clean = tmp_path / "killed.h5", tmp_path / "clean.h5"
-    opts = [*SMALL, "--batch-size", "8", "--checkpoint-rows", "16", "-q"]
+    opts = [*SMALL, "--batch-size", "16", "--checkpoint-rows", "32", "-q"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(_cli(str(src), "-o", str(killed), *opts), env=env)
     parts = tmp_path / "killed.h5.parts"
@@ -113,7 +113,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
     assert not parts.exists()
     Xk, yk, pk = _read(killed)
     Xc, yc, pc = _read(clean)
-    assert pk == pc and len(pk) == 160
+    assert pk == pc and len(pk) == 600
     np.testing.assert_array_equal(yk, yc)
     np.testing.assert_array_equal(Xk, Xc)
     with open_store(killed) as a, open_store(clean) as b:
