@@ -277,9 +277,15 @@ def _embed_in(backend: str, preset: Path, photos: Path, out: Path) -> np.ndarray
 
 
 @pytest.fixture(scope="module")
-def tensorflow_features(presets, photos, tmp_path_factory) -> np.ndarray:
-    """TensorFlow's features, computed once for every other backend to be compared with."""
-    return _embed_in("tensorflow", presets["dinov2"], photos, tmp_path_factory.mktemp("tf") / "tensorflow.npy")
+def tensorflow_features(presets, photos) -> np.ndarray:
+    """TensorFlow's features (the backend of this process: no interpreter to start), computed once for every
+    other backend to be compared with."""
+    from pipeline.backbones import build_hub_backbone
+    from pipeline.images import decode_image
+
+    bb = build_hub_backbone(f"hub:{presets['dinov2']}")
+    assert bb.info["backend"] == "tensorflow"
+    return bb.embed(np.stack([decode_image(str(photos / p), bb.input_size) for p in PHOTOS]), batch_size=4)
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
