@@ -66,12 +66,21 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             kwargs.update(include_dashboard=False, num_cpus=num_cpus)
         else:
             _probe(address)
-        try:
-            ray.init(**kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray"
-            raise ExecutorError(f"cannot connect to {where}: {exc} (start one with `ray start --head`, "
-                                "or unset RAY_ADDRESS to run a local Ray)") from None
+        # a local Ray gives its raylet a fixed 30 s to register, and raises a bare Exception when a loaded
+        # machine takes longer (seen at a load average of 17 on 2 cores): one more try, then a one-line error
+        for attempt in range(1 if address else 2):
+            try:
+                ray.init(**kwargs)
+                break
+            except Exception as exc:  # ConnectionError, RuntimeError, ValueError, or Ray's bare Exception
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                if attempt == 0 and not address and "timed out during startup" in str(exc):
+                    continue
+                where = f"the Ray cluster at {address}" if address else "a local Ray"
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ExecutorError(f"cannot connect to {where}: {first} (start one with `ray start --head`, "
+                                    "or unset RAY_ADDRESS to run a local Ray)") from None
         started = True
     try:
         yield dict(ray.cluster_resources())
@@ -227,6 +236,7 @@ def map_ordered(fn: Callable[..., R], items: Sequence[tuple[Any, ...]], *, max_i
             refs[next_out] = None  # let Ray free the object
             next_out += 1
             yield result
+            del result  # not held while the next one is fetched (RanPAC's partial heads are 800 MB each)
     finally:
         bar.close()
         for ref in pending:

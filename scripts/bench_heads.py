@@ -21,6 +21,8 @@ Issue 20 measurements (``--issue20``, each in its own process, alternated):
 
     python scripts/bench_heads.py [--rows 40000]
     python scripts/bench_heads.py --issue20 [--compare-rows 2569,20000] [--ranpac-rows 50000,200000] [--skip-ranpac]
+    python scripts/bench_heads.py --issue20 --skip-compare --ranpac-rows 50000,100000,200000 --ranpac-repeats 2
+    python scripts/bench_heads.py --issue20 --skip-compare --ranpac-rows 50000 --ranpac-lambda heldout
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ t2 = time.perf_counter()
 print(json.dumps({"whole_s": t2 - t0, "train_s": t2 - t1, "progressive_solve_s": acc["solve"],
                   "progressive_eval_s": acc["progressive"] - acc["learn"], "learn_s": acc["learn"],
                   "heldout": m["heldout"]["accuracy"], "progressive": m["progressive"]["accuracy"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime}))
 """
 
 
@@ -131,9 +134,49 @@ def args_rows_first(args: argparse.Namespace) -> int:
     return int(str(args.compare_rows).split(",")[0])
 
 
+def ranpac(args: argparse.Namespace, res: dict, tmp: Path) -> None:
+    """RanPAC M = 10,000 at each store size, each run its own process; the sizes alternate over the repeats
+    (smallest to largest, then back), and the 1-minute load average is recorded before and after each run."""
+    import os
+
+    sizes = [int(v) for v in args.ranpac_rows.split(",")]
+    lam = args.ranpac_lambda if args.ranpac_lambda == "heldout" else float(args.ranpac_lambda)
+    paths = {rows: write_store_dim(tmp / f"r{rows}.h5", rows, 10, 1280, seed=1) for rows in sizes}
+    res["ranpac"] = []
+    for rep in range(args.ranpac_repeats):
+        for rows in (sizes if rep % 2 == 0 else sizes[::-1]):
+            load = os.getloadavg()[0]
+            r = child(paths[rows], "ridge", {"random_features": 10000, "ridge_lambda": lam}, holdout=0.05)
+            r.update(rows=rows, load_before=load, load_after=os.getloadavg()[0], ridge_lambda=lam)
+            r["s_per_1k_rows"] = 1000 * r["train_s"] / rows
+            res["ranpac"].append(r)
+            print(f"ranpac M=10000 lambda {lam}, {rows:,} rows: whole {r['whole_s']:.0f} s, training "
+                  f"{r['train_s']:.0f} s ({r['s_per_1k_rows']:.2f} s per 1k rows), progressive solves "
+                  f"{r['progressive_solve_s']:.0f} s, peak {r['peak_rss_mb']:.0f} MB, load {load:.1f} -> "
+                  f"{r['load_after']:.1f}", flush=True)
+    best = {rows: min((r for r in res["ranpac"] if r["rows"] == rows), key=lambda r: r["train_s"]) for rows in sizes}
+    for a, b in zip(sizes, sizes[1:]):
+        marginal = (best[b]["train_s"] - best[a]["train_s"]) / (b - a)
+        res.setdefault("ranpac_marginal_ms_per_row", {})[f"{a}-{b}"] = 1000 * marginal
+        print(f"marginal training time {a:,} -> {b:,} rows: {1000 * marginal:.2f} ms per row", flush=True)
+    if len(sizes) > 1:
+        per_row = (best[sizes[-1]]["train_s"] - best[sizes[0]]["train_s"]) / (sizes[-1] - sizes[0])
+        res["ranpac_marginal_s_per_row"] = per_row
+        for n in (200_000, 1_000_000):
+            proj = best[sizes[-1]]["train_s"] + per_row * (n - sizes[-1])
+            res[f"ranpac_projected_{n}_s"] = proj
+            print(f"projected from the marginal cost: {n:,} rows in {proj / 60:.0f} min", flush=True)
+    for path in paths.values():
+        path.unlink()
+
+
 def issue20(args: argparse.Namespace) -> dict:
     res: dict = {"machine": "shared 2-core AMD EPYC (other jobs running)"}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.skip_compare:
+            if not args.skip_ranpac:
+                ranpac(args, res, Path(tmp))
+            return res
         store = write_store_dim(Path(tmp) / "c.h5", args_rows_first(args), 5, 1280)
         cases = [("slda", "slda", {}), ("ridge-auto", "ridge", {}), ("fecam", "fecam", {}),
                  ("klda", "klda", {})]
@@ -158,24 +201,7 @@ def issue20(args: argparse.Namespace) -> dict:
                   f"{res['compare'][-1]['ridge_auto_over_slda']:.2f}x", flush=True)
         if args.skip_ranpac:
             return res
-        sizes = [int(v) for v in args.ranpac_rows.split(",")]
-        res["ranpac"] = []
-        for rows in sizes:
-            path = write_store_dim(Path(tmp) / f"r{rows}.h5", rows, 10, 1280, seed=1)
-            r = child(path, "ridge", {"random_features": 10000, "ridge_lambda": 1e3}, holdout=0.05)
-            r["rows"] = rows
-            r["s_per_1k_rows"] = 1000 * r["train_s"] / rows
-            res["ranpac"].append(r)
-            print(f"ranpac M=10000, {rows:,} rows: training {r['train_s']:.0f} s ({r['s_per_1k_rows']:.2f} s per 1k "
-                  f"rows), progressive solves {r['progressive_solve_s']:.0f} s, peak {r['peak_rss_mb']:.0f} MB",
-                  flush=True)
-            path.unlink()
-        per_row = (res["ranpac"][-1]["train_s"] - res["ranpac"][0]["train_s"]) / max(sizes[-1] - sizes[0], 1)
-        res["ranpac_marginal_s_per_row"] = per_row
-        for n in (200_000, 1_000_000):
-            proj = res["ranpac"][-1]["train_s"] + per_row * (n - sizes[-1])
-            res[f"ranpac_projected_{n}_s"] = proj
-            print(f"projected from the marginal cost: {n:,} rows in {proj / 60:.0f} min", flush=True)
+        ranpac(args, res, Path(tmp))
     from pipeline.heads.class_stats import ClassStatistics
     from pipeline.heads import random_features as rf
 
@@ -207,6 +233,9 @@ def main() -> None:
     parser.add_argument("--skip-ranpac", action="store_true", help="only the head comparison")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--ranpac-rows", default="50000,200000")
+    parser.add_argument("--ranpac-lambda", default="1000", help="a number, or heldout")
+    parser.add_argument("--ranpac-repeats", type=int, default=1, help="passes over the sizes, alternating order")
+    parser.add_argument("--skip-compare", action="store_true", help="only the RanPAC measurements")
     args = parser.parse_args()
     if args.issue20:
         res20 = issue20(args)

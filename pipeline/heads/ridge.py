@@ -43,7 +43,7 @@ Probabilities are the one-hot regression scores clipped at 0 and normalised.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -60,6 +60,10 @@ LAMBDA_GRID = np.logspace(-6, 3, 46)  # multiples of the mean eigenvalue of the 
 PROGRESSIVE_LAMBDA = 1e-2  # progressive validation's multiple of the mean eigenvalue under auto / heldout
 HELDOUT_GRID = 10.0 ** np.arange(-8, 9)  # RanPAC's candidate lambdas
 HELDOUT_FRACTION = 0.2  # share of rows in the held-out slice
+# Above this dimension the held-out choice solves each candidate by an in-place Cholesky instead of sharing
+# one eigendecomposition: its eigenvectors would be a second D x D matrix (800 MB at M = 10,000: 3.2 GB with
+# the two statistics). It trades memory for time (measured in docs/exemplar-free-heads.md).
+HELDOUT_EIGH_MAX_DIM = 4096
 
 
 def heldout_rows(X: np.ndarray, fraction: float = HELDOUT_FRACTION) -> np.ndarray:
@@ -75,6 +79,35 @@ def heldout_rows(X: np.ndarray, fraction: float = HELDOUT_FRACTION) -> np.ndarra
         h ^= h >> np.uint64(31)
         h *= np.uint64(0x9E3779B97F4A7C15)
     return (h >> np.uint64(40)).astype(np.float64) < fraction * 2.0 ** 24
+
+
+def _factor_solve(build: Callable[[], np.ndarray], lam: float, rhs: np.ndarray) -> np.ndarray:
+    """``(A + lambda I)^-1 rhs`` for the symmetric ``A = build()`` (a new array), by Cholesky in place.
+
+    The factorisation gets ``A.T``, the same matrix in Fortran order, so LAPACK
+    overwrites it (a C-ordered array would be copied first: a second D x D
+    matrix, 800 MB at M = 10,000); its upper triangle is ``A``'s lower one.
+    Round-off (float32 chunk products, near-duplicate features) can leave
+    ``A + lambda I`` a hair from positive definite; then a jitter growing from
+    1e-10 to 1e-2 of the mean diagonal is added, never an O(D^3)-memory
+    fallback (an SVD of RanPAC's 10,000 x 10,000 matrix needs gigabytes).
+    """
+    from scipy.linalg import cho_factor, cho_solve  # ~0.5 s to import: not at start-up
+
+    for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
+        A = build()
+        scale = max(float(np.trace(A)) / len(A), 1e-300)
+        A[np.diag_indices_from(A)] += lam + jitter * scale
+        try:
+            return cho_solve(cho_factor(A.T, lower=False, overwrite_a=True, check_finite=False), rhs,
+                             check_finite=False)
+        except np.linalg.LinAlgError:
+            continue
+        finally:
+            del A
+    A = build()
+    A[np.diag_indices_from(A)] += lam
+    return np.linalg.lstsq(A, rhs, rcond=None)[0]
 
 
 @register
@@ -157,7 +190,8 @@ class RidgeHead(rf.SeededProjection, StatisticsHead):
         from scipy.linalg import eigh  # ~0.5 s to import: not at start-up
 
         gram, xty, mu = self._targets()
-        d, Q = eigh(gram, overwrite_a=True, check_finite=False)
+        # gram.T: the same symmetric matrix in Fortran order, so LAPACK overwrites it instead of a copy
+        d, Q = eigh(gram.T, lower=False, overwrite_a=True, check_finite=False)
         return np.maximum(d, 0.0), Q, xty, mu
 
     def gcv_lambda(self) -> tuple[float, dict[str, list[float]]]:
@@ -166,27 +200,8 @@ class RidgeHead(rf.SeededProjection, StatisticsHead):
         return self._gcv(d, Q.T @ xty)
 
     def _cholesky_solve(self, lam: float) -> np.ndarray:
-        """``(G + lambda I)^-1 X^T Y`` by Cholesky, factorised in place.
-
-        Round-off (float32 chunk products, near-duplicate features) can leave
-        ``G + lambda I`` a hair from positive definite; then a jitter growing from
-        1e-10 to 1e-2 of the mean diagonal is added, never an O(D^3)-memory
-        fallback (an SVD of RanPAC's 10,000 x 10,000 matrix needs gigabytes).
-        """
-        from scipy.linalg import cho_factor, cho_solve  # ~0.5 s to import: not at start-up
-
-        for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
-            gram, xty, _ = self._targets()
-            scale = max(float(np.trace(gram)) / len(gram), 1e-300)
-            gram[np.diag_indices_from(gram)] += lam + jitter * scale
-            try:
-                return cho_solve(cho_factor(gram, lower=True, overwrite_a=True, check_finite=False), xty,
-                                 check_finite=False)
-            except np.linalg.LinAlgError:
-                continue
-        gram, xty, _ = self._targets()
-        gram[np.diag_indices_from(gram)] += lam
-        return np.linalg.lstsq(gram, xty, rcond=None)[0]
+        """``(G + lambda I)^-1 X^T Y`` of all rows by Cholesky, factorised in place."""
+        return _factor_solve(lambda: self._targets()[0], lam, self._targets(gram=False)[1])
 
     def _rule(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         st = self._fitted_stats()
@@ -229,23 +244,33 @@ class RidgeHead(rf.SeededProjection, StatisticsHead):
         counts_t = (st.counts_ - sl.counts_).astype(np.float64)
         sums_t = st.counts_[:, None] * st.means_ - sl.counts_[:, None] * sl.means_
         mu_t, mu_s = sums_t.sum(axis=0) / n_t, sl.grand_mean()
-        scatter_s = sl.total_scatter()
-        train = st.total_scatter()
-        train -= scatter_s  # the rows outside the slice, about their own mean:
-        delta = (mu_t - mu_s)[None, :]
-        _add_low_rank(train, delta, np.array([-n_t * n_s / n]))
-        d, Q = eigh(train, overwrite_a=True, check_finite=False)
-        del train
-        d = np.maximum(d, 0.0)
-        B = Q.T @ (sums_t - counts_t[:, None] * mu_t).T  # Q^T X^T Y of the training part, centred
+        xty_t = (sums_t - counts_t[:, None] * mu_t).T  # X^T Y of the training part, centred
+
+        def train() -> np.ndarray:
+            """The training part's centred Gram matrix (a new array): all rows' minus the slice's, about
+            their own mean."""
+            G = st.total_scatter()
+            sl.add_total_scatter(G, -1.0)
+            _add_low_rank(G, (mu_t - mu_s)[None, :], np.array([-n_t * n_s / n]))
+            return G
+
+        solutions: Iterator[np.ndarray]
+        if st.dim <= HELDOUT_EIGH_MAX_DIM:  # one eigendecomposition shared by the candidates
+            G = train()
+            d, Q = eigh(G.T, lower=False, overwrite_a=True, check_finite=False)  # G.T: in place (Fortran order)
+            del G
+            d = np.maximum(d, 0.0)
+            B = Q.T @ xty_t
+            solutions = (Q @ (B / (d + lam)[:, None]) for lam in HELDOUT_GRID)
+        else:  # one Cholesky per candidate, in place: no second D x D matrix
+            solutions = (_factor_solve(train, float(lam), xty_t) for lam in HELDOUT_GRID)
         xty_s = ((sl.means_ - mu_s) * sl.counts_[:, None]).T
         yy_s = float((sl.counts_ * (1 - sl.counts_ / n_s)).sum())
         ybar_t, ybar_s = counts_t / n_t, sl.counts_ / n_s
         losses = []
-        for lam in HELDOUT_GRID:
-            W = Q @ (B / (d + lam)[:, None])
+        for W in solutions:
             offset = ybar_s - mu_s @ W - (ybar_t - mu_t @ W)  # slice means' residual
-            losses.append(yy_s - 2 * float((W * xty_s).sum()) + float((W * (scatter_s @ W)).sum())
+            losses.append(yy_s - 2 * float((W * xty_s).sum()) + float((W * sl.total_scatter_dot(W)).sum())
                           + n_s * float((offset ** 2).sum()))
         best = int(np.argmin(losses))
         return float(HELDOUT_GRID[best]), {"lambda": HELDOUT_GRID.tolist(), "loss": losses}
