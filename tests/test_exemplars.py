@@ -61,6 +61,20 @@ def test_memory_budget_never_exceeded_and_sets_shrink_by_prefix():
     assert memory.sets["c0"].paths[0].startswith("c0/")
 
 
+def test_memory_draws_every_exemplar_once_before_any_twice():
+    rng = np.random.default_rng(4)
+    memory = ExemplarMemory(budget=30)
+    for label in ("a", "b", "c"):
+        X = rng.normal(size=(20, 4))
+        memory.update({label: (X, [f"{label}/{i}.jpg" for i in range(20)])})
+    stored = np.vstack([s.X for s in memory.sets.values()])
+    X, labels = memory.sample(2 * len(stored) + 5, np.random.default_rng(0))
+    for start in (0, len(stored)):   # each pass over the memory holds every exemplar exactly once
+        rows = X[start:start + len(stored)]
+        assert sorted(map(tuple, rows)) == sorted(map(tuple, stored))
+    assert sorted(labels[:len(stored)].tolist()) == sorted(["a"] * 10 + ["b"] * 10 + ["c"] * 10)
+
+
 def test_reservoir_pool_is_bounded_exact_when_small_and_seeded():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(500, 3))

@@ -305,6 +305,24 @@ def test_every_method_learns_a_task_of_one_class(method):
     assert np.mean(head.predict(Xe) == ye) > 0.75   # chance: 0.2
 
 
+def test_lwf_new_rows_of_a_one_class_task_do_not_push_the_old_outputs_down():
+    """On a task of one class LwF's cross-entropy raises the new output above the old ones, held fixed: without
+    distillation the old output columns get no gradient (through them it forgot as much as finetune did)."""
+    head = fitted("lwf", tasks=1)   # classes a, b learnt, frozen copy taken
+    head.before_task(1, ["e"])
+    X, y = blobs(["e"], 16, seed=4)
+    ops = runtime.keras().ops
+    batch = runtime.to_tensor({"x": head.standardise(X), "y": head.class_index(y).astype(np.int32),
+                               "w": np.ones(len(X), np.float32)})
+    head.method.distill_weight = 0.0
+    _, grads = runtime.value_and_grad(lambda p, b, c: head.method.loss(ops, p, b, c))(
+        runtime.to_tensor(head.params_), batch, runtime.to_tensor(head.method.consts(head)))
+    W_grad, b_grad = (np.asarray(runtime.to_numpy(g)) for g in grads[-2:])
+    n_old = 2
+    assert np.all(W_grad[..., :n_old] == 0) and np.all(b_grad[:n_old] == 0)
+    assert np.abs(W_grad[..., n_old:]).sum() > 0 and np.abs(b_grad[n_old:]).sum() > 0
+
+
 def test_ewc_lambda_moves_the_weights_less_and_keeps_old_classes():
     """Raising lambda keeps the shared weights nearer the anchor and changes the old classes' accuracy
     (the raw Fisher of a fitted head is ~1e-13, which left every lambda inert before it was normalised)."""

@@ -13,8 +13,13 @@ would push every old logit down on each new row (measured: no better than finetu
 A task that adds a single class has nothing to tell its rows from among the
 new outputs (a softmax over one column is constant: no gradient, the class
 would never be learnt). Its rows are then told from the old classes:
-cross-entropy over all the outputs, as Avalanche's LwF does for every task,
-with the same distillation on the old outputs.
+cross-entropy over all the outputs, with the old outputs held fixed in it
+(no gradient through them), plus the same distillation on the old outputs.
+The new output is raised above the old ones on its rows, and, as for a task
+of several classes, a new row never pushes the old outputs down: with the
+gradient through them (Avalanche's LwF) it did, and one-class tasks ended
+no better than finetune (53.8 against 54.8 on Imagenette-mini; held fixed:
+71.0, docs/continual-learning.md).
 """
 
 from __future__ import annotations
@@ -61,8 +66,9 @@ class LwF(Method):
         n_new = logits.shape[-1] - n_old
         if n_new >= 2:     # the new task's own outputs
             loss = cross_entropy(ops, logits[:, n_old:], batch["y"] - n_old, batch["w"])
-        elif n_new == 1:   # a single new class: told from the old classes, over all outputs
-            loss = cross_entropy(ops, logits, batch["y"], batch["w"])
+        elif n_new == 1:   # a single new class: raised above the old classes' outputs, held fixed here
+            held = ops.concatenate([ops.stop_gradient(logits[:, :n_old]), logits[:, n_old:]], axis=-1)
+            loss = cross_entropy(ops, held, batch["y"], batch["w"])
         else:              # no new class: the old classes' rows count through distillation only
             loss = 0.0
         if n_old < 2:      # a softmax over one output is constant: nothing to distil
