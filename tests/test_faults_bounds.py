@@ -378,6 +378,8 @@ CRAFTED = {
     "linear-bias-short": ("logreg", None, {"head/model_/b.npy": np.zeros(2)}, "b (2,)"),
     "mlp-layer-wrong": ("mlp", None, {"head/params_/0.npy": np.zeros((7, 4), np.float32)},
                         "layer 1 has weights of shapes (7, 4)"),
+    "mlp-negative-steps": ("mlp", None, {"head/column_steps_.npy": np.full(3, -5, np.int64)},
+                           "column_steps_ holds int64 values down to -5"),
     "feature_dim-text": ("slda", _set("model", "backbone", "feature_dim", value="8"), None,
                          "backbone feature_dim is '8'"),
     "replay-exemplars-wrong": ("replay", None, {"replay/memory/sets/x/X.npy": np.zeros((3, 5), np.float32)},

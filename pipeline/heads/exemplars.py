@@ -189,19 +189,35 @@ class ExemplarMemory:
             if len(s.paths) > m:  # Algorithm 5: keep the first m of the herding order
                 self.sets[label] = ExemplarSet(s.X[:m], s.paths[:m])
 
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, n: int, rng: np.random.Generator,
+               pass_rest: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``n`` exemplars drawn in shuffled passes over the memory: each once before any twice.
 
         As Avalanche's ``ReplayDataLoader``, which cycles through the memory an
         epoch at a time; drawing with replacement instead left some exemplars
         out of a task's steps and repeated others (ER 0.7-1 point lower on
-        Imagenette-mini, docs/continual-learning.md).
+        Imagenette-mini, docs/continual-learning.md). ``pass_rest`` (a list,
+        updated in place) carries the rest of the current pass to the next
+        call, so successive calls continue one sequence of passes.
+
+        >>> mem = ExemplarMemory(6)
+        >>> mem.update({c: (np.full((3, 1), i, np.float32), [""] * 3) for i, c in enumerate("ab")})
+        >>> rng, rest = np.random.default_rng(0), []
+        >>> drawn = [mem.sample(2, rng, rest)[1] for _ in range(3)]
+        >>> sorted(np.concatenate(drawn).tolist())   # six calls' worth: the memory once
+        ['a', 'a', 'a', 'b', 'b', 'b']
         """
         labels = [c for c, s in self.sets.items() for _ in range(len(s.paths))]
         if not labels:
             return np.empty((0, 0), np.float32), np.empty(0, dtype=object)
         X = np.vstack([s.X for s in self.sets.values() if len(s.paths)])
-        idx = np.concatenate([rng.permutation(len(labels)) for _ in range(-(-n // len(labels)))])[:n]
+        queue = [r for r in (pass_rest or []) if len(r)]
+        while sum(len(r) for r in queue) < n:
+            queue.append(rng.permutation(len(labels)))
+        order = np.concatenate(queue) if queue else np.empty(0, np.intp)
+        idx = order[:n]
+        if pass_rest is not None:
+            pass_rest[:] = [order[n:]]
         return X[idx], np.array(labels, dtype=object)[idx]
 
 

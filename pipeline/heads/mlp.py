@@ -93,6 +93,10 @@ class MLPHead(Head):
         if params and self.column_steps_.shape != params[-1].shape:
             raise ValueError(f"column_steps_ has shape {self.column_steps_.shape}; expected {params[-1].shape} "
                              "(one step count per output column)")
+        if self.column_steps_.dtype.kind not in "iu" or (self.column_steps_ < 0).any():
+            raise ValueError(f"column_steps_ holds {self.column_steps_.dtype} values down to "
+                             f"{self.column_steps_.min() if self.column_steps_.size else 0}; expected step counts "
+                             "(integers >= 0)")
         if self.adam_ is not None and not (len(self.adam_) == 2 and all(
                 len(m) == len(params) and all(np.shape(a) == p.shape for a, p in zip(m, params)) for m in self.adam_)):
             raise ValueError("adam_ moments do not match the shapes of params_")
@@ -243,10 +247,11 @@ class MLPHead(Head):
         consts = runtime.to_tensor(self.method.consts(self))
         t = np.concatenate([[self.steps_], self.column_steps_]).astype(np.float32)
         group = len(idx) if len(idx) < GROUP else GROUP
+        pass_rest: list[np.ndarray] = []   # the memory's current shuffled pass, carried across the groups
         for g in range(0, len(idx), group):
             batch = {"x": Z[idx[g:g + group]], "y": k[idx[g:g + group]], "w": w[g:g + group]}
             if self.method.uses_memory:
-                drawn = self.method.memory_batch(self, rng, group * self.batch_size)
+                drawn = self.method.memory_batch(self, rng, group * self.batch_size, pass_rest)
                 if drawn is not None:
                     batch["xr"] = drawn[0].reshape(group, self.batch_size, -1)
                     batch["yr"] = drawn[1].reshape(group, self.batch_size)

@@ -43,8 +43,10 @@ class Method:
         """Frozen arrays the loss reads (the previous head, Fisher...), shaped like the current parameters."""
         return {}
 
-    def memory_batch(self, head: Any, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """``n`` standardised memory rows and their class indices, or None."""
+    def memory_batch(self, head: Any, rng: np.random.Generator, n: int,
+                     pass_rest: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """``n`` standardised memory rows and their class indices, or None. ``pass_rest`` carries what is
+        left of a shuffled pass over the memory from one call to the next (one chunk's steps)."""
         return None
 
     def loss(self, ops: Any, params: list[Any], batch: dict[str, Any], consts: dict[str, Any]) -> Any:

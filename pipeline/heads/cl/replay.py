@@ -48,10 +48,11 @@ class MemoryMethod(Method):
         if len(self.pools_):
             self.memory_.update(self.pools_.take())
 
-    def memory_batch(self, head: Any, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def memory_batch(self, head: Any, rng: np.random.Generator, n: int,
+                     pass_rest: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         if not self.memory_.size:
             return None
-        X, labels = self.memory_.sample(n, rng)
+        X, labels = self.memory_.sample(n, rng, pass_rest)
         return head.standardise(X), head.class_index(labels)
 
     def exemplar_paths(self) -> dict[Hashable, list[str]]:
@@ -99,7 +100,8 @@ class AGEM(Method):
             self.memory_.update(self.pools_.take(), np.random.default_rng([self.seed, 3, self.tasks_]))
             self.tasks_ += 1
 
-    def memory_batch(self, head: Any, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def memory_batch(self, head: Any, rng: np.random.Generator, n: int,
+                     pass_rest: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         if not self.memory_.size:
             return None
         X, labels = self.memory_.sample(n, rng, block=head.batch_size)   # one reference batch per step
