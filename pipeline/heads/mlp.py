@@ -256,8 +256,9 @@ class MLPHead(Head):
                     batch["xr"] = drawn[0].reshape(group, self.batch_size, -1)
                     batch["yr"] = drawn[1].reshape(group, self.batch_size)
             params, m, v, t = run(params, m, v, t, np.float32(self.lr), runtime.to_tensor(batch), consts)
-        self.steps_ += int(np.count_nonzero(w.sum(axis=1)))
-        self.column_steps_ = self.column_steps_ + int(np.count_nonzero(w.sum(axis=1)))
+        taken = int(np.count_nonzero(w.sum(axis=1)))   # all-zero padding batches make no step
+        self.steps_ += taken
+        self.column_steps_ = self.column_steps_ + taken
         self.params_ = runtime.to_numpy(params)
         self.adam_ = [runtime.to_numpy(m), runtime.to_numpy(v)]
         self.cache_.clear()

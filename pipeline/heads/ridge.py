@@ -21,9 +21,10 @@ result is independent of row order and task split, and models merge.
   squared error on the slice, computed from the slice's statistics alone
   (``||Y - XW - b||^2 = tr(Y^T Y) - 2 tr(W^T X^T Y) + tr(W^T X^T X W)`` on the
   slice, centred, plus the term of its means), with one eigendecomposition of
-  the training part shared by all candidates; then the head is refitted on
-  all rows at the chosen lambda (Cholesky). No row is kept: the slice costs a
-  second D x D matrix.
+  the training part shared by all candidates up to ``HELDOUT_EIGH_MAX_DIM``
+  dimensions, one in-place Cholesky per candidate above (no second D x D
+  matrix); then the head is refitted on all rows at the chosen lambda
+  (Cholesky). No row is kept: the slice costs a second D x D matrix.
 - ``random_features=M``: RanPAC's fixed Gaussian projection to M dimensions
   followed by ReLU, before the ridge. The projection is generated from the
   seed a block of columns at a time (:mod:`pipeline.heads.random_features`)
