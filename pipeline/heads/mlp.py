@@ -9,7 +9,8 @@ output size). The softmax output grows a small random column when a class
 arrives (old logits are unchanged at that moment). Adam's state is per
 parameter: the hidden layers' moments and step count go on across tasks; each
 output column's moments and step count (``column_steps_``) start when its
-class arrives and go on after that (old columns keep theirs).
+class arrives and go on after that (old columns keep theirs), except with ER,
+whose whole output layer restarts its state when classes arrive.
 
 Inputs are standardised with running statistics of the first task, frozen
 after it: later tasks then never move the inputs under the old weights, the
@@ -206,9 +207,13 @@ class MLPHead(Head):
             self.params_ = grow_output(params, n_out, np.random.default_rng([self.seed, 3, n_out]))
             # Adam per parameter: old columns keep their moments and step counts, new ones start at zero
             # (restarting the whole output layer's, as a new PyTorch Linear does, cost finetune 18 points and
-            # A-GEM 8 on Imagenette-mini; docs/continual-learning.md)
+            # A-GEM 8 on Imagenette-mini; docs/continual-learning.md); ER restarts it (Method.restart_output_state)
             self.adam_ = [pad_like(moments, self.params_) for moments in adam]
             self.column_steps_ = np.concatenate([self.column_steps_, np.zeros(n_out - len(self.column_steps_), np.int64)])
+            if self.method.restart_output_state:
+                for moments in self.adam_:
+                    moments[-2], moments[-1] = np.zeros_like(moments[-2]), np.zeros_like(moments[-1])
+                self.column_steps_ = np.zeros_like(self.column_steps_)
         self.cache_.clear()
 
     # -- hooks ------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from pipeline.heads.cl.net import cross_entropy, forward
 class Method:
     name = "finetune"
     uses_memory = False   # batches carry rows drawn from the exemplar memory ("xr", "yr")
+    # when the output grows, restart the whole output layer's Adam state (as a new PyTorch Linear does)
+    # instead of keeping the old columns' moments and step counts
+    restart_output_state = False
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)   # a dict even when empty (finetune), as the data-only format needs

@@ -34,12 +34,21 @@ def output_columns(fan_in: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def init_params(n_in: int, hidden: Sequence[int], n_out: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Glorot-uniform hidden layers (Keras' Dense default), small random output layer (:func:`output_columns`), zero biases."""
+    """Hidden layers as PyTorch's ``Linear`` default (weights and biases uniform in +-1/sqrt(fan_in)), small
+    random output layer (:func:`output_columns`) with zero biases.
+
+    Not Keras' Glorot-uniform (about twice as wide at 1280 -> 512): over 10
+    class orders of Imagenette-mini, 5 tasks of 2 classes, PyTorch's scale
+    gave EWC +5.5 points final accuracy, A-GEM +1.8, LwF +1.4, ER +0.8,
+    iCaRL +0.5, finetune -0.7, and the same accuracy when all classes are
+    learnt at once (docs/continual-learning.md).
+    """
     params: list[np.ndarray] = []
     fan_in = n_in
     for width in hidden:
-        limit = np.sqrt(6.0 / (fan_in + width))
-        params += [rng.uniform(-limit, limit, (fan_in, width)).astype(np.float32), np.zeros(width, np.float32)]
+        limit = 1.0 / np.sqrt(max(fan_in, 1))
+        params += [rng.uniform(-limit, limit, (fan_in, width)).astype(np.float32),
+                   rng.uniform(-limit, limit, width).astype(np.float32)]
         fan_in = width
     return params + [output_columns(fan_in, n_out, rng), np.zeros(n_out, np.float32)]
 
