@@ -187,6 +187,30 @@ def test_local_ray_that_times_out_starting_is_retried_once_then_a_one_line_error
             pass
 
 
+def test_a_local_ray_runs_its_workers_at_the_commands_priority(tmp_path):
+    """Ray's default starts workers 15 nice levels down, so anything else on the machine starved them; a
+    local Ray started for a command runs them at the command's niceness (a real second process, started at
+    nice +3: its workers are at +3, not +18). A RAY_worker_niceness the user set is left to Ray."""
+    import os
+
+    code = ("import os, ray\n"
+            "from pipeline.ray_executor import ray_session\n"
+            "with ray_session(num_cpus=1):\n"
+            "    print(os.nice(0), ray.get(ray.remote(lambda: os.nice(0)).remote()))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_worker_niceness", None)
+    base = os.nice(0)
+    runs = {}
+    for name, extra in (("default", {}), ("user", {"RAY_worker_niceness": "5"})):
+        done = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                              preexec_fn=lambda: os.nice(3), timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[name] = [int(v) for v in done.stdout.split()[-2:]]
+    assert runs["default"] == [min(base + 3, 19)] * 2
+    assert runs["user"] == [min(base + 3, 19), min(base + 3 + 5, 19)]
+
+
 def test_nme_exact_means_merge_exactly_and_exemplar_means_refuse():
     from pipeline.errors import HeadError
     from pipeline.heads.nme import NMEHead
