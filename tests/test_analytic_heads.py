@@ -495,6 +495,42 @@ def test_heldout_lambda_by_one_cholesky_per_candidate_equals_brute_force(monkeyp
                                atol=1e-5 if options else 1e-8)
 
 
+def test_a_candidate_solved_with_jitter_is_scored_and_chosen_under_the_penalty_it_had(monkeypatch):
+    """When ``G + lambda I`` is not numerically positive definite (float32 chunk products at M = 10,000) the
+    Cholesky adds a jitter; the held-out score, the choice and the reported lambda_ are then the penalty
+    actually used, so the refit is the model that was scored. (The factorisation is made to fail once per
+    solve here: the round-off that causes it was not reproducible at test sizes.)"""
+    import scipy.linalg
+
+    from pipeline.heads import ridge
+
+    X, y = data(500, dim=12)
+    X[:, :3] *= 1e-3
+    monkeypatch.setattr(ridge, "HELDOUT_EIGH_MAX_DIM", 0)
+    clean = RidgeHead(ridge_lambda="heldout").partial_fit(X, y)
+    clean_lam, clean_curve = clean.heldout_curve()
+    real, calls = scipy.linalg.cho_factor, []
+
+    def first_attempt_fails(A, **kw):   # every solve's first attempt (no jitter) fails, the next succeeds
+        calls.append(float(np.trace(A)))
+        if len(calls) % 2:
+            raise np.linalg.LinAlgError("not positive definite")
+        return real(A, **kw)
+
+    monkeypatch.setattr(scipy.linalg, "cho_factor", first_attempt_fails)
+    head = RidgeHead(ridge_lambda="heldout").partial_fit(X, y)
+    lam, curve = head.heldout_curve()
+    jitters = np.array(curve["lambda"]) - ridge.HELDOUT_GRID
+    assert np.all(jitters > 0) and np.allclose(jitters, jitters[0])   # 1e-10 of the mean diagonal, each candidate
+    assert lam == curve["lambda"][int(np.argmin(curve["loss"]))]
+    assert lam == pytest.approx(clean_lam + jitters[0]) and lam != clean_lam
+    head.decision_function(X[:5])
+    assert head.lambda_ > lam   # the refit on all rows needed a jitter too (1e-10 of its own mean diagonal)
+    fixed = RidgeHead(ridge_lambda=3.0).partial_fit(X, y)
+    fixed.decision_function(X[:5])
+    assert fixed.lambda_ > 3.0
+
+
 def test_ridge_solves_hold_one_gram_matrix_at_a_time(monkeypatch):
     """The Cholesky solves factorise their Gram matrix in place and the held-out curve never forms the slice's
     scatter: beyond the statistics, a solve holds one D x D matrix (at M = 10,000: 800 MB, not 1.6-3.2 GB)."""

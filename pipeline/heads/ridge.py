@@ -82,7 +82,8 @@ def heldout_rows(X: np.ndarray, fraction: float = HELDOUT_FRACTION) -> np.ndarra
     return (h >> np.uint64(40)).astype(np.float64) < fraction * 2.0 ** 24
 
 
-def _factor_solve(build: Callable[[], np.ndarray], lam: float, rhs: np.ndarray) -> np.ndarray:
+def _factor_solve(build: Callable[[], np.ndarray], lam: float, rhs: np.ndarray,
+                  used: list[float] | None = None) -> np.ndarray:
     """``(A + lambda I)^-1 rhs`` for the symmetric ``A = build()`` (a new array), by Cholesky in place.
 
     The factorisation gets ``A.T``, the same matrix in Fortran order, so LAPACK
@@ -92,6 +93,8 @@ def _factor_solve(build: Callable[[], np.ndarray], lam: float, rhs: np.ndarray) 
     ``A + lambda I`` a hair from positive definite; then a jitter growing from
     1e-10 to 1e-2 of the mean diagonal is added, never an O(D^3)-memory
     fallback (an SVD of RanPAC's 10,000 x 10,000 matrix needs gigabytes).
+    ``used`` gets the penalty actually added (``lambda`` plus any jitter), so a
+    held-out score is filed under the lambda that earned it.
     """
     from scipy.linalg import cho_factor, cho_solve  # ~0.5 s to import: not at start-up
 
@@ -100,12 +103,17 @@ def _factor_solve(build: Callable[[], np.ndarray], lam: float, rhs: np.ndarray) 
         scale = max(float(np.trace(A)) / len(A), 1e-300)
         A[np.diag_indices_from(A)] += lam + jitter * scale
         try:
-            return cho_solve(cho_factor(A.T, lower=False, overwrite_a=True, check_finite=False), rhs,
-                             check_finite=False)
+            solution = cho_solve(cho_factor(A.T, lower=False, overwrite_a=True, check_finite=False), rhs,
+                                 check_finite=False)
         except np.linalg.LinAlgError:
             continue
         finally:
             del A
+        if used is not None:
+            used.append(lam + jitter * scale)
+        return solution
+    if used is not None:
+        used.append(lam)
     A = build()
     A[np.diag_indices_from(A)] += lam
     return np.linalg.lstsq(A, rhs, rcond=None)[0]
@@ -200,9 +208,9 @@ class RidgeHead(rf.SeededProjection, StatisticsHead):
         d, Q, xty, _ = self._eigen()
         return self._gcv(d, Q.T @ xty)
 
-    def _cholesky_solve(self, lam: float) -> np.ndarray:
-        """``(G + lambda I)^-1 X^T Y`` of all rows by Cholesky, factorised in place."""
-        return _factor_solve(lambda: self._targets()[0], lam, self._targets(gram=False)[1])
+    def _cholesky_solve(self, lam: float, used: list[float] | None = None) -> np.ndarray:
+        """``(G + lambda I)^-1 X^T Y`` of all rows by Cholesky, factorised in place (``used``: see _factor_solve)."""
+        return _factor_solve(lambda: self._targets()[0], lam, self._targets(gram=False)[1], used)
 
     def _rule(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         st = self._fitted_stats()
@@ -256,15 +264,17 @@ class RidgeHead(rf.SeededProjection, StatisticsHead):
             return G
 
         solutions: Iterator[np.ndarray]
+        lambdas: list[float] = []   # the penalty each candidate was solved with (jitter included)
         if st.dim <= HELDOUT_EIGH_MAX_DIM:  # one eigendecomposition shared by the candidates
             G = train()
             d, Q = eigh(G.T, lower=False, overwrite_a=True, check_finite=False)  # G.T: in place (Fortran order)
             del G
             d = np.maximum(d, 0.0)
             B = Q.T @ xty_t
+            lambdas = HELDOUT_GRID.tolist()
             solutions = (Q @ (B / (d + lam)[:, None]) for lam in HELDOUT_GRID)
         else:  # one Cholesky per candidate, in place: no second D x D matrix
-            solutions = (_factor_solve(train, float(lam), xty_t) for lam in HELDOUT_GRID)
+            solutions = (_factor_solve(train, float(lam), xty_t, lambdas) for lam in HELDOUT_GRID)
         xty_s = ((sl.means_ - mu_s) * sl.counts_[:, None]).T
         yy_s = float((sl.counts_ * (1 - sl.counts_ / n_s)).sum())
         ybar_t, ybar_s = counts_t / n_t, sl.counts_ / n_s
@@ -274,7 +284,7 @@ class RidgeHead(rf.SeededProjection, StatisticsHead):
             losses.append(yy_s - 2 * float((W * xty_s).sum()) + float((W * sl.total_scatter_dot(W)).sum())
                           + n_s * float((offset ** 2).sum()))
         best = int(np.argmin(losses))
-        return float(HELDOUT_GRID[best]), {"lambda": HELDOUT_GRID.tolist(), "loss": losses}
+        return float(lambdas[best]), {"lambda": lambdas, "loss": losses}
 
     def merge(self, other: Self) -> Self:
         """Fold in a model trained on other rows (same random projection): equals training on both."""
@@ -285,17 +295,18 @@ class RidgeHead(rf.SeededProjection, StatisticsHead):
         return self
 
     def _solve(self) -> tuple[np.ndarray, np.ndarray, float]:
+        used: list[float] = []   # the penalty the solve added, jitter included (see _factor_solve)
         if self.ridge_lambda == "heldout":
-            lam = self.heldout_curve()[0]
-            W = self._cholesky_solve(lam)
+            W = self._cholesky_solve(self.heldout_curve()[0], used)
+            lam = used[0]
         elif self.ridge_lambda == "auto":
             d, Q, xty, _ = self._eigen()
             B = Q.T @ xty
             lam = self._gcv(d, B)[0]
             W = Q @ (B / (d + lam)[:, None])
         else:
-            lam = float(self.ridge_lambda)
-            W = self._cholesky_solve(lam)
+            W = self._cholesky_solve(float(self.ridge_lambda), used)
+            lam = used[0]
         return (*self._rule(W), lam)
 
     def _progressive_rule(self, exact: bool) -> tuple[np.ndarray, np.ndarray]:
