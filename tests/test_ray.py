@@ -211,6 +211,27 @@ def test_a_local_ray_runs_its_workers_at_the_commands_priority(tmp_path):
     assert runs["user"] == [min(base + 3, 19), min(base + 3 + 5, 19)]
 
 
+def test_ordered_map_releases_each_result_once_it_is_handed_over(ray_cluster):
+    """A partial head (800 MB at M = 10,000) leaves Ray's object store once the reducer has it: the map held
+    a reference to every finished result until its end, so the driver mapped every partial (measured: 3.1 GB
+    of object-store pages instead of 1.5 GB on a 4-partition RanPAC run). Counted with Ray's own reference
+    table (a private API; skipped when this Ray has none)."""
+    import ray
+
+    from pipeline.ray_executor import map_ordered
+
+    try:
+        table = ray._private.worker.global_worker.core_worker.get_all_reference_counts
+    except AttributeError:
+        pytest.skip("this Ray has no reference table to read")
+    counts, got = [], []
+    for result in map_ordered(np.full, [(1000, i) for i in range(8)], max_in_flight=1, progress=False):
+        got.append(int(result[0]))
+        counts.append(len(table()))
+    assert got == list(range(8))
+    assert max(counts) <= counts[0] + 1, counts   # held: counts[0] + 7
+
+
 def test_nme_exact_means_merge_exactly_and_exemplar_means_refuse():
     from pipeline.errors import HeadError
     from pipeline.heads.nme import NMEHead
