@@ -68,7 +68,7 @@ class ER(MemoryMethod):
     When classes arrive the whole output layer's Adam state restarts, so the
     old columns take full-size steps again while the memory rows hold them up
     (over 10 class orders of Imagenette-mini: 92.7 final accuracy against 91.6
-    with their moments kept, 9 orders of 10 better, none worse; finetune and
+    with their moments kept, 8 orders of 10 better, 2 equal, none worse; finetune and
     A-GEM lose 19 and 13 points with the same restart, having no memory in the
     batch to balance it).
     """
