@@ -208,12 +208,14 @@ class MLPHead(Head):
             # Adam per parameter: old columns keep their moments and step counts, new ones start at zero
             # (restarting the whole output layer's, as a new PyTorch Linear does, cost finetune 19 points and
             # A-GEM 13 on Imagenette-mini, 10 orders; docs/continual-learning.md); ER restarts it (Method.restart_output_state)
-            self.adam_ = [pad_like(moments, self.params_) for moments in adam]
-            self.column_steps_ = np.concatenate([self.column_steps_, np.zeros(n_out - len(self.column_steps_), np.int64)])
             if self.method.restart_output_state:
-                for moments in self.adam_:
-                    moments[-2], moments[-1] = np.zeros_like(moments[-2]), np.zeros_like(moments[-1])
-                self.column_steps_ = np.zeros_like(self.column_steps_)
+                self.adam_ = [[*moments[:-2], np.zeros_like(self.params_[-2]), np.zeros_like(self.params_[-1])]
+                              for moments in adam]
+                self.column_steps_ = np.zeros(n_out, np.int64)
+            else:
+                self.adam_ = [pad_like(moments, self.params_) for moments in adam]
+                self.column_steps_ = np.concatenate([self.column_steps_,
+                                                     np.zeros(n_out - len(self.column_steps_), np.int64)])
         self.cache_.clear()
 
     # -- hooks ------------------------------------------------------------------------
